@@ -1,0 +1,215 @@
+#include "cpu_path.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "element_math.h"
+#include "error.h"
+
+namespace koala {
+
+namespace {
+
+// 32 Ki elements: big enough to amortise scheduling, small enough to balance
+// a ResNet layout over a few threads.
+constexpr size_t kChunkElements = size_t(1) << 15;
+// Below this many elements a step is too small to be worth waking threads.
+constexpr size_t kParallelThreshold = size_t(1) << 16;
+constexpr size_t kBufferAlign = 64;
+
+size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
+
+template <class T>
+void chunk_norms(const T *g, const T *x, size_t n, double wd, bool with_x, BlockSums &out) {
+    double gg = 0.0, hh = 0.0, xx = 0.0;
+    if (with_x) {
+#pragma omp simd reduction(+ : gg, hh, xx)
+        for (size_t i = 0; i < n; ++i) accumulate_norms(g[i], x[i], wd, gg, hh, xx);
+    } else {
+#pragma omp simd reduction(+ : gg)
+        for (size_t i = 0; i < n; ++i) accumulate_gg(g[i], gg);
+        hh = gg;
+    }
+    out = BlockSums{gg, hh, xx};
+}
+
+template <class T>
+void chunk_vanilla(T *x, const T *g, size_t n, T c) {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) x[i] = vanilla_step(x[i], g[i], c);
+}
+
+template <class T>
+double chunk_momentum_predict(T *x, T *v, const T *xbar, size_t n, T a) {
+    double d2 = 0.0;
+#pragma omp simd reduction(+ : d2)
+    for (size_t i = 0; i < n; ++i) momentum_predict(x[i], v[i], xbar[i], a, d2);
+    return d2;
+}
+
+template <class T>
+void chunk_momentum(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1, T k2) {
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) momentum_step(x[i], v[i], xbar[i], g[i], wd, k1, k2);
+}
+
+template <class T>
+void predict_typed(koala_optimizer *opt, void *const *params) {
+    HostPlan &plan = opt->plan;
+    const Chunk *chunks = plan.chunks.data();
+    const long n_chunks = static_cast<long>(plan.chunks.size());
+    BlockSums *partial = plan.chunk_sums.data();
+    const T a = static_cast<T>(opt->cfg.a);
+    void *const *velocity = opt->buffers.velocity.data();
+    void *const *xbar = opt->buffers.xbar.data();
+#pragma omp parallel for schedule(static) if (opt->total_elements >= kParallelThreshold)
+    for (long k = 0; k < n_chunks; ++k) {
+        const Chunk ch = chunks[k];
+        T *x = static_cast<T *>(params[ch.tensor]) + ch.begin;
+        T *v = static_cast<T *>(velocity[ch.tensor]) + ch.begin;
+        const T *xb = static_cast<const T *>(xbar[ch.tensor]) + ch.begin;
+        partial[k].gg = chunk_momentum_predict(x, v, xb, ch.count, a);
+    }
+    double d2 = 0.0;
+    for (long k = 0; k < n_chunks; ++k) d2 += partial[k].gg;
+    momentum_predict_scalars(opt->filter, opt->cfg, d2, static_cast<double>(opt->total_elements));
+}
+
+template <class T>
+koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
+                          void *const *params, const void *const *grads) {
+    HostPlan &plan = opt->plan;
+    const Chunk *chunks = plan.chunks.data();
+    const long n_chunks = static_cast<long>(plan.chunks.size());
+    const size_t n_tensors = opt->sizes.size();
+    const double wd = opt->cfg.weight_decay;
+    const bool with_x = wd != 0.0;
+    const bool parallel = opt->total_elements >= kParallelThreshold;
+
+    for (size_t i = 0; i < n_tensors; ++i) plan.has_grad[i] = grads[i] != nullptr;
+    const unsigned char *has_grad = plan.has_grad.data();
+    BlockSums *partial = plan.chunk_sums.data();
+
+    // Pass 1: per-chunk norms of every tensor that has a gradient.
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long k = 0; k < n_chunks; ++k) {
+        const Chunk ch = chunks[k];
+        if (!has_grad[ch.tensor]) continue;
+        const T *g = static_cast<const T *>(grads[ch.tensor]) + ch.begin;
+        const T *x = static_cast<const T *>(params[ch.tensor]) + ch.begin;
+        chunk_norms(g, x, ch.count, wd, with_x, partial[k]);
+    }
+    // Chunk order is tensor order: reduce each tensor's chunks in sequence.
+    for (size_t i = 0; i < n_tensors; ++i) plan.block_sums[i] = BlockSums{0.0, 0.0, 0.0};
+    for (long k = 0; k < n_chunks; ++k) {
+        const size_t t = chunks[k].tensor;
+        if (!has_grad[t]) continue;
+        plan.block_sums[t].gg += partial[k].gg;
+        plan.block_sums[t].hh += partial[k].hh;
+        plan.block_sums[t].xx += partial[k].xx;
+    }
+
+    FilterState next = opt->filter;
+    if (update_scalars(next, opt->cfg, loss, loss_var, plan.block_sums.data(), has_grad,
+                       n_tensors, plan.block_coef.data()) == kNotFinite) {
+        return fail(KOALA_ERROR_NOT_FINITE,
+                    "koala_update: loss (%g), loss_var (%g) or a gradient norm is not finite; "
+                    "nothing was changed",
+                    loss, loss_var);
+    }
+
+    // Pass 2: apply the step to active tensors.
+    const BlockCoef *coef = plan.block_coef.data();
+    const bool momentum = opt->cfg.method == KOALA_MOMENTUM;
+    void *const *velocity = opt->buffers.velocity.data();
+    void *const *xbar = opt->buffers.xbar.data();
+    const T wd_t = static_cast<T>(wd);
+#pragma omp parallel for schedule(static) if (parallel)
+    for (long k = 0; k < n_chunks; ++k) {
+        const Chunk ch = chunks[k];
+        const BlockCoef c = coef[ch.tensor];
+        if (!c.active) continue;
+        T *x = static_cast<T *>(params[ch.tensor]) + ch.begin;
+        const T *g = static_cast<const T *>(grads[ch.tensor]) + ch.begin;
+        if (momentum) {
+            T *v = static_cast<T *>(velocity[ch.tensor]) + ch.begin;
+            T *xb = static_cast<T *>(xbar[ch.tensor]) + ch.begin;
+            chunk_momentum(x, v, xb, g, ch.count, wd_t, static_cast<T>(c.cx),
+                           static_cast<T>(c.cv));
+        } else {
+            chunk_vanilla(x, g, ch.count, static_cast<T>(c.cx));
+        }
+    }
+    opt->filter = next;
+    return KOALA_OK;
+}
+
+}  // namespace
+
+koala_status host_init(koala_optimizer *opt) {
+    try {
+        HostPlan &plan = opt->plan;
+        const size_t n = opt->sizes.size();
+        for (size_t t = 0; t < n; ++t)
+            for (size_t b = 0; b < opt->sizes[t]; b += kChunkElements)
+                plan.chunks.push_back(Chunk{t, b, std::min(kChunkElements, opt->sizes[t] - b)});
+        plan.chunk_sums.assign(plan.chunks.size(), BlockSums{0.0, 0.0, 0.0});
+        plan.block_sums.assign(n, BlockSums{0.0, 0.0, 0.0});
+        plan.block_coef.assign(n, BlockCoef{0.0, 0.0, 0});
+        plan.has_grad.assign(n, 0);
+
+        const size_t per_tensor = buffers_per_tensor(opt->cfg.method);
+        if (per_tensor > 0) {
+            const size_t elem = dtype_size(opt->dtype);
+            size_t bytes = 0;
+            for (size_t t = 0; t < n; ++t) bytes += round_up(opt->sizes[t] * elem, kBufferAlign);
+            // calloc: zeroed pages come lazily from the kernel for big buffers.
+            void *storage = std::calloc(per_tensor * bytes + kBufferAlign, 1);
+            if (!storage) {
+                return fail(KOALA_ERROR_OUT_OF_MEMORY,
+                            "koala_create: cannot allocate %zu bytes of optimizer state",
+                            per_tensor * bytes);
+            }
+            opt->buffers.storage = storage;
+            char *base = reinterpret_cast<char *>(
+                round_up(reinterpret_cast<uintptr_t>(storage), kBufferAlign));
+            opt->buffers.velocity.resize(n);
+            opt->buffers.xbar.resize(n);
+            for (size_t t = 0; t < n; ++t) {
+                opt->buffers.velocity[t] = base;
+                base += round_up(opt->sizes[t] * elem, kBufferAlign);
+            }
+            for (size_t t = 0; t < n; ++t) {
+                opt->buffers.xbar[t] = base;
+                base += round_up(opt->sizes[t] * elem, kBufferAlign);
+            }
+        }
+    } catch (const std::bad_alloc &) {
+        return fail(KOALA_ERROR_OUT_OF_MEMORY, "koala_create: out of host memory for the plan");
+    }
+    return KOALA_OK;
+}
+
+void host_release(koala_optimizer *opt) {
+    std::free(opt->buffers.storage);
+    opt->buffers.storage = nullptr;
+}
+
+void host_predict(koala_optimizer *opt, void *const *params) {
+    if (opt->cfg.method == KOALA_VANILLA) {
+        vanilla_predict(opt->filter, opt->cfg);
+    } else if (opt->dtype == KOALA_FLOAT32) {
+        predict_typed<float>(opt, params);
+    } else {
+        predict_typed<double>(opt, params);
+    }
+}
+
+koala_status host_update(koala_optimizer *opt, double loss, double loss_var,
+                         void *const *params, const void *const *grads) {
+    if (opt->dtype == KOALA_FLOAT32) return update_typed<float>(opt, loss, loss_var, params, grads);
+    return update_typed<double>(opt, loss, loss_var, params, grads);
+}
+
+}  // namespace koala
