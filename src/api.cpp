@@ -102,6 +102,18 @@ koala_status device_update(koala_optimizer *opt, double loss, double loss_var,
     return KOALA_OK;
 }
 
+// loss_var is a mean of squares: a finite negative value is a caller bug
+// that would drive the online R (a variance) negative, after which the
+// optimizer's own checkpoint no longer loads. Non-finite values are left to
+// the NOT_FINITE path.
+koala_status check_loss_var(double loss_var, const char *what, const char *name) {
+    if (std::isfinite(loss_var) && loss_var < 0)
+        return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                    "%s: %s is %g; it is the mean of squared per-sample losses and must be >= 0",
+                    what, name, loss_var);
+    return KOALA_OK;
+}
+
 koala_status host_update(koala_optimizer *opt, double loss, double loss_var, void *const *params,
                          const void *const *grads) {
     const koala_status st = koala::host_update(opt, loss, loss_var, params, grads);
@@ -235,6 +247,7 @@ KOALA_API koala_status koala_update(koala_optimizer *opt, double loss, double lo
     const char *what = "koala_update";
     return guarded(what, [&]() -> koala_status {
         koala_status st = check_update_args(opt, params, grads, stream, what);
+        if (st == KOALA_OK) st = check_loss_var(loss_var, what, "loss_var");
         if (st != KOALA_OK) return st;
         if (opt->device)
             return device_update(opt, loss, loss_var, nullptr, nullptr, KOALA_FLOAT64, params,
@@ -265,7 +278,16 @@ KOALA_API koala_status koala_update_ptr(koala_optimizer *opt, const void *loss,
             l = *static_cast<const double *>(loss);
             v = *static_cast<const double *>(loss_var);
         }
-        return host_update(opt, l, v, params, grads);
+        st = check_loss_var(v, what, "*loss_var");
+        if (st != KOALA_OK) return st;
+        st = host_update(opt, l, v, params, grads);
+        // The host path words its message for koala_update; name this entry.
+        if (st == KOALA_ERROR_NOT_FINITE)
+            return fail(st,
+                        "%s: *loss (%g), *loss_var (%g) or a gradient norm is not finite; "
+                        "nothing was changed",
+                        what, l, v);
+        return st;
     });
 }
 
