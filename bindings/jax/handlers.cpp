@@ -1,0 +1,250 @@
+// XLA FFI handlers that run libkoala inside jax.jit (CPU).
+//
+// The optimizer state is a JAX array: a libkoala checkpoint (uint8[N],
+// koala_state_save's bytes). Each call is pure from XLA's point of view:
+//
+//     checkpoint in -> koala_state_load -> koala_predict / koala_update_ptr
+//                   -> koala_state_save -> checkpoint out
+//
+// Parameters and the checkpoint are aliased input->output
+// (input_output_aliases in koala/jax.py), so with donation XLA updates them in
+// place; without donation XLA copies the inputs into the outputs first.
+// The arithmetic is all libkoala's; this file only maps buffers to pointers
+// and statuses to FFI errors.
+//
+// Buffers (n = number of parameter tensors, from the "sizes" attribute):
+//   predict: args  = ckpt, params[n]                 (n = 0 for KOALA-V:
+//            rets  = ckpt, params[n]                  it never reads them)
+//   update:  args  = ckpt, loss, loss_var, lr, params[n], grads[n]
+//            rets  = ckpt, params[n]
+// Attributes: method (koala_method), dtype (koala_dtype), sizes (i64[]).
+// `lr` is a scalar of the loss dtype; NaN keeps the checkpoint's lr.
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "koala.h"
+#include "optimizer_pool.h"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// The handler symbols are the library's only exports (it is built with
+// hidden visibility); koala/jax.py takes their addresses with ctypes.
+extern "C" {
+__attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxPredictCpu(XLA_FFI_CallFrame *);
+__attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateCpu(XLA_FFI_CallFrame *);
+}
+
+namespace koala_jax {
+namespace {
+
+ffi::Error koala_error(const char *what, koala_status s) {
+    std::string msg = std::string("koala.jax ") + what + ": " + koala_status_string(s) + ": " +
+                      koala_last_error();
+    ffi::ErrorCode code = ffi::ErrorCode::kInternal;
+    switch (s) {
+        case KOALA_ERROR_INVALID_ARGUMENT: code = ffi::ErrorCode::kInvalidArgument; break;
+        case KOALA_ERROR_NOT_FINITE: code = ffi::ErrorCode::kOutOfRange; break;
+        case KOALA_ERROR_BAD_STATE: code = ffi::ErrorCode::kFailedPrecondition; break;
+        case KOALA_ERROR_OUT_OF_MEMORY: code = ffi::ErrorCode::kResourceExhausted; break;
+        case KOALA_ERROR_UNSUPPORTED: code = ffi::ErrorCode::kUnimplemented; break;
+        default: break;
+    }
+    return ffi::Error(code, msg);
+}
+
+ffi::Error invalid(const std::string &msg) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "koala.jax: " + msg);
+}
+
+// Reads the layout attributes and checks them against libkoala's enums.
+ffi::Error parse_layout(int64_t method, int64_t dtype, ffi::Span<const int64_t> sizes,
+                        Layout *out) {
+    if (method != KOALA_VANILLA && method != KOALA_MOMENTUM)
+        return invalid("attribute 'method' = " + std::to_string(method) + " is not a koala_method");
+    if (dtype != KOALA_FLOAT32 && dtype != KOALA_FLOAT64)
+        return invalid("attribute 'dtype' = " + std::to_string(dtype) + " is not a koala_dtype");
+    out->method = static_cast<koala_method>(method);
+    out->dtype = static_cast<koala_dtype>(dtype);
+    out->sizes.clear();
+    for (int64_t s : sizes) {
+        if (s <= 0) return invalid("attribute 'sizes' holds a non-positive size");
+        out->sizes.push_back(static_cast<size_t>(s));
+    }
+    return ffi::Error::Success();
+}
+
+ffi::DataType ffi_dtype(koala_dtype d) {
+    return d == KOALA_FLOAT64 ? ffi::DataType::F64 : ffi::DataType::F32;
+}
+
+// Checks that buffer `b` (named for the error message) holds `count`
+// elements of `type`.
+ffi::Error check_buffer(const ffi::AnyBuffer &b, ffi::DataType type, size_t count,
+                        const std::string &name) {
+    if (b.element_type() != type)
+        return invalid(name + " has the wrong element type for this optimizer");
+    if (b.element_count() != count)
+        return invalid(name + " has " + std::to_string(b.element_count()) +
+                       " elements, the optimizer's layout expects " + std::to_string(count));
+    return ffi::Error::Success();
+}
+
+// The parameter outputs are aliased to the inputs, so normally this is a
+// no-op; should XLA ever hand distinct buffers, start from the input values.
+void *output_params(const ffi::AnyBuffer &in, ffi::Result<ffi::AnyBuffer> &out) {
+    if (out->untyped_data() != in.untyped_data())
+        std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+    return out->untyped_data();
+}
+
+// Loads the checkpoint into a pooled optimizer of `layout`, runs `step`,
+// saves the checkpoint. Gives the optimizer back to the pool in every case.
+template <typename Step>
+ffi::Error with_optimizer(const Layout &layout, const ffi::AnyBuffer &ckpt_in,
+                          ffi::Result<ffi::AnyBuffer> &ckpt_out, Step step) {
+    std::string error;
+    OptimizerPtr opt = checkout(layout, &error);
+    if (!opt) return invalid("cannot create an optimizer for this layout: " + error);
+
+    ffi::Error result = [&]() -> ffi::Error {
+        size_t need = 0;
+        koala_status s = koala_state_size(opt.get(), &need);
+        if (s != KOALA_OK) return koala_error("state size", s);
+        if (ckpt_in.element_type() != ffi::DataType::U8 || ckpt_in.element_count() != need ||
+            ckpt_out->element_count() != need)
+            return invalid("the state's checkpoint has " + std::to_string(ckpt_in.size_bytes()) +
+                           " bytes, this parameter layout needs " + std::to_string(need) +
+                           ": the state belongs to another parameter tree or method");
+        s = koala_state_load(opt.get(), ckpt_in.untyped_data(), need, nullptr);
+        if (s != KOALA_OK) return koala_error("loading the state", s);
+        ffi::Error e = step(opt.get());
+        if (e.failure()) return e;
+        s = koala_state_save(opt.get(), ckpt_out->untyped_data(), need, nullptr);
+        if (s != KOALA_OK) return koala_error("saving the state", s);
+        return ffi::Error::Success();
+    }();
+    give_back(layout, std::move(opt));
+    return result;
+}
+
+ffi::Error predict_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
+                       int64_t dtype, ffi::Span<const int64_t> sizes) {
+    Layout layout;
+    if (ffi::Error e = parse_layout(method, dtype, sizes, &layout); e.failure()) return e;
+    // KOALA-V's predict only touches sigma: no parameter buffers are passed.
+    const size_t n = layout.method == KOALA_MOMENTUM ? layout.sizes.size() : 0;
+    if (args.size() != 1 + n || rets.size() != 1 + n)
+        return invalid("predict got " + std::to_string(args.size()) + " inputs and " +
+                       std::to_string(rets.size()) + " outputs, expected " +
+                       std::to_string(1 + n) + " of each");
+
+    auto ckpt_in = args.get<ffi::AnyBuffer>(0);
+    auto ckpt_out = rets.get<ffi::AnyBuffer>(0);
+    if (!ckpt_in.has_value() || !ckpt_out.has_value()) return invalid("bad checkpoint buffer");
+
+    std::vector<void *> params(n);
+    for (size_t i = 0; i < n; ++i) {
+        auto in = args.get<ffi::AnyBuffer>(1 + i);
+        auto out = rets.get<ffi::AnyBuffer>(1 + i);
+        if (!in.has_value() || !out.has_value()) return invalid("bad parameter buffer");
+        std::string name = "parameter " + std::to_string(i);
+        if (ffi::Error e = check_buffer(*in, ffi_dtype(layout.dtype), layout.sizes[i], name);
+            e.failure())
+            return e;
+        params[i] = output_params(*in, *out);
+    }
+    return with_optimizer(layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
+        koala_status s = koala_predict(opt, n ? params.data() : nullptr, nullptr);
+        return s == KOALA_OK ? ffi::Error::Success() : koala_error("predict", s);
+    });
+}
+
+ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
+                      int64_t dtype, ffi::Span<const int64_t> sizes) {
+    Layout layout;
+    if (ffi::Error e = parse_layout(method, dtype, sizes, &layout); e.failure()) return e;
+    const size_t n = layout.sizes.size();
+    if (args.size() != 4 + 2 * n || rets.size() != 1 + n)
+        return invalid("update got " + std::to_string(args.size()) + " inputs and " +
+                       std::to_string(rets.size()) + " outputs, expected " +
+                       std::to_string(4 + 2 * n) + " and " + std::to_string(1 + n));
+
+    auto ckpt_in = args.get<ffi::AnyBuffer>(0);
+    auto loss = args.get<ffi::AnyBuffer>(1);
+    auto loss_var = args.get<ffi::AnyBuffer>(2);
+    auto lr = args.get<ffi::AnyBuffer>(3);
+    auto ckpt_out = rets.get<ffi::AnyBuffer>(0);
+    if (!ckpt_in.has_value() || !loss.has_value() || !loss_var.has_value() || !lr.has_value() ||
+        !ckpt_out.has_value())
+        return invalid("bad scalar or checkpoint buffer");
+
+    // loss, loss_var and lr share one floating dtype (koala/jax.py casts them).
+    const ffi::DataType scalar_type = loss->element_type();
+    if (scalar_type != ffi::DataType::F32 && scalar_type != ffi::DataType::F64)
+        return invalid("loss must be float32 or float64");
+    for (auto *b : {&*loss, &*loss_var, &*lr})
+        if (b->element_type() != scalar_type || b->element_count() != 1)
+            return invalid("loss, loss_var and lr must be scalars of one float dtype");
+    const koala_dtype loss_dtype =
+        scalar_type == ffi::DataType::F64 ? KOALA_FLOAT64 : KOALA_FLOAT32;
+    const double new_lr = scalar_type == ffi::DataType::F64
+                              ? *static_cast<const double *>(lr->untyped_data())
+                              : *static_cast<const float *>(lr->untyped_data());
+
+    std::vector<void *> params(n);
+    std::vector<const void *> grads(n);
+    for (size_t i = 0; i < n; ++i) {
+        auto p_in = args.get<ffi::AnyBuffer>(4 + i);
+        auto g = args.get<ffi::AnyBuffer>(4 + n + i);
+        auto p_out = rets.get<ffi::AnyBuffer>(1 + i);
+        if (!p_in.has_value() || !g.has_value() || !p_out.has_value())
+            return invalid("bad parameter or gradient buffer");
+        const ffi::DataType t = ffi_dtype(layout.dtype);
+        const std::string idx = std::to_string(i);
+        if (ffi::Error e = check_buffer(*p_in, t, layout.sizes[i], "parameter " + idx); e.failure())
+            return e;
+        if (ffi::Error e = check_buffer(*g, t, layout.sizes[i], "gradient " + idx); e.failure())
+            return e;
+        grads[i] = g->untyped_data();
+        params[i] = p_in->untyped_data();
+    }
+    return with_optimizer(layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
+        if (!std::isnan(new_lr)) {
+            koala_status s = koala_set_lr(opt, new_lr);
+            if (s != KOALA_OK) return koala_error("setting lr", s);
+        }
+        // Copy inputs to outputs only now that every check has passed.
+        std::vector<void *> out(n);
+        for (size_t i = 0; i < n; ++i) {
+            auto p_in = args.get<ffi::AnyBuffer>(4 + i);
+            auto p_out = rets.get<ffi::AnyBuffer>(1 + i);
+            out[i] = output_params(*p_in, *p_out);
+        }
+        koala_status s = koala_update_ptr(opt, loss->untyped_data(), loss_var->untyped_data(),
+                                          loss_dtype, out.data(), grads.data(), nullptr);
+        return s == KOALA_OK ? ffi::Error::Success() : koala_error("update", s);
+    });
+}
+
+}  // namespace
+}  // namespace koala_jax
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxPredictCpu, koala_jax::predict_cpu,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("method")
+                                  .Attr<int64_t>("dtype")
+                                  .Attr<ffi::Span<const int64_t>>("sizes"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxUpdateCpu, koala_jax::update_cpu,
+                              ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("method")
+                                  .Attr<int64_t>("dtype")
+                                  .Attr<ffi::Span<const int64_t>>("sizes"));
