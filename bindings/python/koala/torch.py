@@ -45,7 +45,7 @@ class _KOALABase(torch.optim.Optimizer):
     def _build_engines(self):
         """One libkoala optimizer per (device, dtype), over its params in group order."""
         buckets = {}
-        for group in self.param_groups:
+        for group_index, group in enumerate(self.param_groups):
             for p in group["params"]:
                 if p.is_sparse:
                     raise Unsupported("sparse parameters are not supported by libkoala")
@@ -53,13 +53,14 @@ class _KOALABase(torch.optim.Optimizer):
                     raise Unsupported(f"a parameter has dtype {p.dtype}; libkoala supports "
                                       "float32 and float64 (keep fp32 master weights)")
                 key = (str(p.device), p.dtype)
-                buckets.setdefault(key, []).append((p, group))
+                buckets.setdefault(key, []).append((p, group_index))
         self._buckets = []
         for (device, dtype), entries in buckets.items():
             params = [p for p, _ in entries]
             with _on_device(params[0].device):
                 engine = _Engine(self._method, params, **self._config)
-            self._buckets.append((engine, params, [g for _, g in entries]))
+            # Group indices, not the group dicts: load_state_dict replaces the dicts.
+            self._buckets.append((engine, params, sorted({g for _, g in entries})))
 
     def add_param_group(self, param_group):
         if getattr(self, "_engines_ready", False):
@@ -79,12 +80,12 @@ class _KOALABase(torch.optim.Optimizer):
     def update(self, loss, loss_var):
         """After backward of the mean loss: loss = mean of the per-sample losses,
         loss_var = mean of their squares. Tensors (CPU or CUDA) or floats."""
-        for engine, params, groups in self._buckets:
-            lr = groups[0]["lr"]
-            for g in groups:
-                if g["lr"] != lr:
-                    raise Unsupported("param groups with different lr on one device/dtype: "
-                                      "libkoala applies one lr per optimizer")
+        for engine, params, group_indices in self._buckets:
+            lrs = {self.param_groups[g]["lr"] for g in group_indices}
+            if len(lrs) > 1:
+                raise Unsupported(f"param groups with different lr ({sorted(lrs)}) on one "
+                                  "device/dtype: libkoala applies one lr per optimizer")
+            lr = lrs.pop()
             device = params[0].device
             with _on_device(device):
                 engine.set_lr(lr)
