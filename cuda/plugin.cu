@@ -143,10 +143,9 @@ koala_status probe(char *msg, size_t cap) {
         cudaGetLastError();
         if (e == cudaErrorInsufficientDriver)
             say(msg, cap,
-                "no usable NVIDIA driver: cudaGetDeviceCount says \"%s\" (CUDA error %d): no "
-                "driver is installed, or it is older than the CUDA %d.%d runtime in "
-                "libkoala_cuda.so",
-                cudaGetErrorString(e), static_cast<int>(e), CUDART_VERSION / 1000,
+                "no usable NVIDIA driver (cudaGetDeviceCount: CUDA error %d, %s); install a "
+                "driver for CUDA %d.%d or newer",
+                static_cast<int>(e), cudaGetErrorString(e), CUDART_VERSION / 1000,
                 (CUDART_VERSION % 1000) / 10);
         else if (e == cudaErrorNoDevice)
             say(msg, cap, "no CUDA device: cudaGetDeviceCount says \"%s\" (CUDA error %d)",
@@ -308,8 +307,12 @@ koala_status create(const koala_config *cfg, size_t n_tensors, const size_t *siz
                     koala_dtype dtype, const FilterState *initial, void **handle, char *msg,
                     size_t cap) {
     *handle = nullptr;
-    koala_status st = probe(msg, cap);
-    if (st != KOALA_OK) return st;
+    char why[200] = "";
+    koala_status st = probe(why, sizeof why);
+    if (st != KOALA_OK) {
+        say(msg, cap, "koala_create: device memory unavailable: %s", why);
+        return st;
+    }
     Optimizer *o = new (std::nothrow) Optimizer;
     if (!o) {
         say(msg, cap, "koala_create: out of host memory");
