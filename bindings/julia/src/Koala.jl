@@ -1,0 +1,27 @@
+"""
+    Koala
+
+Julia interface to libkoala, the KOALA Kalman-filter optimizer (AAAI 2022),
+calling its C ABI with `ccall` (SWIG has no Julia target; `ccall` needs no
+glue code). All arithmetic happens in the C++ library; this package converts
+arrays to pointers and statuses to [`KoalaError`](@ref).
+
+The library is found through the environment variable `KOALA_LIB` (the full
+path of `libkoala.so`), else under the install prefix `KOALA_PREFIX`
+(default `/usr/local`), else by the system loader (`libkoala.so.1`).
+"""
+module Koala
+
+using Libdl
+
+export Config, Optimizer, KoalaError, predict!, update!, info, set_lr!,
+       state_save, state_load!, KoalaRule
+
+include("library.jl")     # finding libkoala.so, symbol lookup
+include("c_types.jl")     # enums, koala_config / koala_info layouts
+include("errors.jl")      # KoalaError, status checks
+include("config.jl")      # Config(method; keywords...)
+include("optimizer.jl")   # Optimizer, predict!, update!, info, checkpoint
+include("rule.jl")        # an Optimisers.jl-shaped init/apply! rule
+
+end # module
