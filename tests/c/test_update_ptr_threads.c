@@ -1,0 +1,177 @@
+/*
+ * test_update_ptr_threads.c - two promises about bit-for-bit equality:
+ *  1. koala_update_ptr with a float32 or float64 host loss does exactly
+ *     what koala_update does with the same numbers (float32 losses widen
+ *     exactly to double);
+ *  2. a run gives identical bits with 1, 2 and 3 OpenMP threads (the
+ *     library cuts tensors into fixed 32 Ki chunks and reduces per-chunk
+ *     sums in chunk order, independent of the thread count).
+ */
+#include <omp.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "harness.h"
+
+typedef struct variant {
+    const char *name;
+    koala_method method;
+    koala_dtype dtype;
+} variant;
+
+static variant variants[] = {
+    {"V float64", KOALA_VANILLA, KOALA_FLOAT64},
+    {"V float32", KOALA_VANILLA, KOALA_FLOAT32},
+    {"M float64", KOALA_MOMENTUM, KOALA_FLOAT64},
+    {"M float32", KOALA_MOMENTUM, KOALA_FLOAT32},
+};
+
+static void make_config(koala_method method, koala_config *cfg) {
+    koala_config_init(cfg, method);
+    cfg->weight_decay = 5e-4; /* exercises the |x|^2 and g.x sums too */
+    if (method == KOALA_VANILLA) cfg->sigma = 0.1;
+}
+
+/* ---- 1. koala_update_ptr == koala_update ----------------------------------- */
+
+/* Out of line on purpose: GCC 12.2 at -O2 dropped the store of an inline
+ * `step.loss = (double)(float)step.loss` placed next to the float copies
+ * below (-O0/-O1 were fine; it looks like a compiler bug, not reduced). */
+static double __attribute__((noinline)) round_to_float(double v) {
+    volatile float f = (float)v;
+    return (double)f;
+}
+
+static void update_ptr_case(const variant *v, koala_dtype loss_dtype) {
+    koala_config cfg;
+    make_config(v->method, &cfg);
+    test_layout layout = layout_random(31, 12, 0);
+    test_pair by_value, by_ptr;
+    assert_int_equal(pair_init(&by_value, &cfg, &layout, v->dtype, 31, 0), KOALA_OK);
+    assert_int_equal(pair_init(&by_ptr, &cfg, &layout, v->dtype, 31, 0), KOALA_OK);
+    test_step step;
+    step_alloc(&step, &layout);
+    for (unsigned k = 0; k < 25; ++k) {
+        assert_int_equal(pair_predict(&by_value), KOALA_OK);
+        assert_int_equal(pair_predict(&by_ptr), KOALA_OK);
+        step_fill(&step, &layout, 31, k, 15, 0);
+        /* A float32 caller holds float losses: round them first; koala_update
+         * then gets their exact widening, koala_update_ptr the floats. */
+        if (loss_dtype == KOALA_FLOAT32) {
+            step.loss = round_to_float(step.loss);
+            step.loss_var = round_to_float(step.loss_var);
+        }
+        const float loss32 = (float)step.loss, var32 = (float)step.loss_var;
+        const double loss64 = step.loss, var64 = step.loss_var;
+        assert_int_equal(pair_update(&by_value, &step), KOALA_OK);
+        const void *lp = loss_dtype == KOALA_FLOAT32 ? (const void *)&loss32 : (const void *)&loss64;
+        const void *vp = loss_dtype == KOALA_FLOAT32 ? (const void *)&var32 : (const void *)&var64;
+        /* The same gradients (pair_update wrote them into by_value's buffers). */
+        for (size_t i = 0; i < layout.n; ++i) {
+            memcpy(by_ptr.grads[i], by_value.grads[i], layout.sizes[i] * dtype_bytes(v->dtype));
+            by_ptr.grad_args[i] = step.kind[i] == GRAD_NULL ? NULL : by_ptr.grads[i];
+        }
+        assert_int_equal(koala_update_ptr(by_ptr.opt, lp, vp, loss_dtype, by_ptr.params,
+                                          by_ptr.grad_args, NULL),
+                         KOALA_OK);
+        if (!buffers_equal(by_value.params, by_ptr.params, &layout, v->dtype))
+            fail_msg("%s, loss %s: parameters differ after step %u", v->name,
+                     loss_dtype == KOALA_FLOAT32 ? "float32" : "float64", k);
+    }
+    size_t na, nb;
+    unsigned char *a = save_state(by_value.opt, &na);
+    unsigned char *b = save_state(by_ptr.opt, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    free(a);
+    free(b);
+    step_free(&step, &layout);
+    pair_free(&by_value);
+    pair_free(&by_ptr);
+    layout_free(&layout);
+}
+
+static void test_update_ptr(void **state) {
+    const variant *v = *state;
+    update_ptr_case(v, KOALA_FLOAT32);
+    update_ptr_case(v, KOALA_FLOAT64);
+}
+
+/* ---- 2. thread-count independence ---------------------------------------- */
+
+/* Runs 12 steps on a layout that takes the OpenMP path (three tensors over
+ * 32 Ki, 180k elements in all: 7 chunks) and returns the final parameters
+ * and checkpoint. */
+static void run_with_threads(const variant *v, int threads, const test_layout *layout,
+                             void ***params_out, unsigned char **state_out, size_t *state_size) {
+    omp_set_num_threads(threads);
+    assert_int_equal(omp_get_max_threads(), threads);
+    koala_config cfg;
+    make_config(v->method, &cfg);
+    test_pair pair;
+    assert_int_equal(pair_init(&pair, &cfg, layout, v->dtype, 41, 0), KOALA_OK);
+    test_step step;
+    step_alloc(&step, layout);
+    for (unsigned k = 0; k < 12; ++k) {
+        assert_int_equal(pair_predict(&pair), KOALA_OK);
+        step_fill(&step, layout, 41, k, 10, 0);
+        assert_int_equal(pair_update(&pair, &step), KOALA_OK);
+    }
+    *params_out = buffers_alloc(layout, v->dtype);
+    buffers_copy(*params_out, pair.params, layout, v->dtype);
+    *state_out = save_state(pair.opt, state_size);
+    step_free(&step, layout);
+    pair_free(&pair);
+}
+
+static void test_thread_count_independent(void **state) {
+    const variant *v = *state;
+    const size_t sizes[] = {7, 65537, 1, 40000, 74461, 3};
+    test_layout layout = layout_make(6, sizes);
+    const int saved = omp_get_max_threads();
+    void **p1, **p2, **p3;
+    unsigned char *s1, *s2, *s3;
+    size_t n1, n2, n3;
+    run_with_threads(v, 1, &layout, &p1, &s1, &n1);
+    run_with_threads(v, 2, &layout, &p2, &s2, &n2);
+    run_with_threads(v, 3, &layout, &p3, &s3, &n3);
+    omp_set_num_threads(saved);
+    assert_true(buffers_equal(p1, p2, &layout, v->dtype));
+    assert_true(buffers_equal(p1, p3, &layout, v->dtype));
+    assert_int_equal(n1, n2);
+    assert_int_equal(n1, n3);
+    assert_memory_equal(s1, s2, n1);
+    assert_memory_equal(s1, s3, n1);
+    buffers_free(p1, &layout);
+    buffers_free(p2, &layout);
+    buffers_free(p3, &layout);
+    free(s1);
+    free(s2);
+    free(s3);
+    layout_free(&layout);
+}
+
+int main(void) {
+    enum { N = sizeof variants / sizeof variants[0] };
+    struct CMUnitTest tests[2 * N];
+    static char names[2 * N][64];
+    for (size_t i = 0; i < N; ++i) {
+        struct CMUnitTest a = cmocka_unit_test_prestate(test_update_ptr, &variants[i]);
+        snprintf(names[i], sizeof names[i], "update_ptr equals update, %s", variants[i].name);
+        a.name = names[i];
+        tests[i] = a;
+        struct CMUnitTest b = cmocka_unit_test_prestate(test_thread_count_independent, &variants[i]);
+        snprintf(names[N + i], sizeof names[N + i], "1, 2, 3 threads identical, %s",
+                 variants[i].name);
+        b.name = names[N + i];
+        tests[N + i] = b;
+    }
+    return _cmocka_run_group_tests("update_ptr_threads", tests, 2 * N, NULL, NULL);
+}
