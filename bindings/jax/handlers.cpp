@@ -1,4 +1,5 @@
-// XLA FFI handlers that run libkoala inside jax.jit (CPU).
+// XLA FFI handlers that run libkoala inside jax.jit: CPU handlers (host
+// optimizers) and GPU handlers (device optimizers on XLA's CUDA stream).
 //
 // The optimizer state is a JAX array: a libkoala checkpoint (uint8[N],
 // koala_state_save's bytes). Each call is pure from XLA's point of view:
@@ -19,6 +20,11 @@
 //            rets  = ckpt, params[n]
 // Attributes: method (koala_method), dtype (koala_dtype), sizes (i64[]).
 // `lr` is a scalar of the loss dtype; NaN keeps the checkpoint's lr.
+//
+// GPU: libkoala reads and writes checkpoints in host memory, so the GPU
+// handlers stage the blob through host memory and wait for the stream
+// twice per call (load, save); predict/update themselves are libkoala's
+// stream-ordered device kernels on XLA's stream.
 
 #include <cmath>
 #include <cstring>
@@ -26,6 +32,7 @@
 #include <vector>
 
 #include "koala.h"
+#include "memory.h"
 #include "optimizer_pool.h"
 #include "xla/ffi/api/ffi.h"
 
@@ -36,6 +43,8 @@ namespace ffi = xla::ffi;
 extern "C" {
 __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxPredictCpu(XLA_FFI_CallFrame *);
 __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateCpu(XLA_FFI_CallFrame *);
+__attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxPredictGpu(XLA_FFI_CallFrame *);
+__attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateGpu(XLA_FFI_CallFrame *);
 }
 
 namespace koala_jax {
@@ -93,18 +102,26 @@ ffi::Error check_buffer(const ffi::AnyBuffer &b, ffi::DataType type, size_t coun
     return ffi::Error::Success();
 }
 
+ffi::Error memory_error(const std::string &what, const std::string &why) {
+    return ffi::Error(ffi::ErrorCode::kInternal, "koala.jax " + what + ": " + why);
+}
+
 // The parameter outputs are aliased to the inputs, so normally this is a
 // no-op; should XLA ever hand distinct buffers, start from the input values.
-void *output_params(const ffi::AnyBuffer &in, ffi::Result<ffi::AnyBuffer> &out) {
-    if (out->untyped_data() != in.untyped_data())
-        std::memcpy(out->untyped_data(), in.untyped_data(), in.size_bytes());
-    return out->untyped_data();
+ffi::Error output_params(const Memory &mem, const ffi::AnyBuffer &in,
+                         ffi::Result<ffi::AnyBuffer> &out, void **ptr) {
+    if (out->untyped_data() != in.untyped_data()) {
+        std::string e = mem.copy(out->untyped_data(), in.untyped_data(), in.size_bytes());
+        if (!e.empty()) return memory_error("copying parameters", e);
+    }
+    *ptr = out->untyped_data();
+    return ffi::Error::Success();
 }
 
 // Loads the checkpoint into a pooled optimizer of `layout`, runs `step`,
 // saves the checkpoint. Gives the optimizer back to the pool in every case.
 template <typename Step>
-ffi::Error with_optimizer(const Layout &layout, const ffi::AnyBuffer &ckpt_in,
+ffi::Error with_optimizer(const Memory &mem, const Layout &layout, const ffi::AnyBuffer &ckpt_in,
                           ffi::Result<ffi::AnyBuffer> &ckpt_out, Step step) {
     std::string error;
     OptimizerPtr opt = checkout(layout, &error);
@@ -119,22 +136,40 @@ ffi::Error with_optimizer(const Layout &layout, const ffi::AnyBuffer &ckpt_in,
             return invalid("the state's checkpoint has " + std::to_string(ckpt_in.size_bytes()) +
                            " bytes, this parameter layout needs " + std::to_string(need) +
                            ": the state belongs to another parameter tree or method");
-        s = koala_state_load(opt.get(), ckpt_in.untyped_data(), need, nullptr);
+        // Host: libkoala reads/writes XLA's buffers directly. Device: through
+        // a host copy (checkpoints live in host memory for every kind).
+        thread_local std::vector<unsigned char> staging;
+        const void *load_from = ckpt_in.untyped_data();
+        void *save_to = ckpt_out->untyped_data();
+        if (!mem.host()) {
+            staging.resize(need);
+            std::string err = mem.to_host(staging.data(), ckpt_in.untyped_data(), need);
+            if (!err.empty()) return memory_error("reading the state", err);
+            load_from = save_to = staging.data();
+        }
+        s = koala_state_load(opt.get(), load_from, need, mem.stream);
         if (s != KOALA_OK) return koala_error("loading the state", s);
         ffi::Error e = step(opt.get());
         if (e.failure()) return e;
-        s = koala_state_save(opt.get(), ckpt_out->untyped_data(), need, nullptr);
+        s = koala_state_save(opt.get(), save_to, need, mem.stream);
         if (s != KOALA_OK) return koala_error("saving the state", s);
+        if (!mem.host()) {
+            std::string err = mem.from_host(ckpt_out->untyped_data(), staging.data(), need);
+            if (!err.empty()) return memory_error("writing the state", err);
+        }
         return ffi::Error::Success();
     }();
     give_back(layout, std::move(opt));
     return result;
 }
 
-ffi::Error predict_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
-                       int64_t dtype, ffi::Span<const int64_t> sizes) {
+ffi::Error predict(const Memory &mem, int device, ffi::RemainingArgs args,
+                   ffi::RemainingRets rets, int64_t method, int64_t dtype,
+                   ffi::Span<const int64_t> sizes) {
     Layout layout;
     if (ffi::Error e = parse_layout(method, dtype, sizes, &layout); e.failure()) return e;
+    layout.memory = mem.kind;
+    layout.device = device;
     // KOALA-V's predict only touches sigma: no parameter buffers are passed.
     const size_t n = layout.method == KOALA_MOMENTUM ? layout.sizes.size() : 0;
     if (args.size() != 1 + n || rets.size() != 1 + n)
@@ -155,18 +190,21 @@ ffi::Error predict_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t
         if (ffi::Error e = check_buffer(*in, ffi_dtype(layout.dtype), layout.sizes[i], name);
             e.failure())
             return e;
-        params[i] = output_params(*in, *out);
+        if (ffi::Error e = output_params(mem, *in, *out, &params[i]); e.failure()) return e;
     }
-    return with_optimizer(layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
-        koala_status s = koala_predict(opt, n ? params.data() : nullptr, nullptr);
+    return with_optimizer(mem, layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
+        koala_status s = koala_predict(opt, n ? params.data() : nullptr, mem.stream);
         return s == KOALA_OK ? ffi::Error::Success() : koala_error("predict", s);
     });
 }
 
-ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
-                      int64_t dtype, ffi::Span<const int64_t> sizes) {
+ffi::Error update(const Memory &mem, int device, ffi::RemainingArgs args,
+                  ffi::RemainingRets rets, int64_t method, int64_t dtype,
+                  ffi::Span<const int64_t> sizes) {
     Layout layout;
     if (ffi::Error e = parse_layout(method, dtype, sizes, &layout); e.failure()) return e;
+    layout.memory = mem.kind;
+    layout.device = device;
     const size_t n = layout.sizes.size();
     if (args.size() != 4 + 2 * n || rets.size() != 1 + n)
         return invalid("update got " + std::to_string(args.size()) + " inputs and " +
@@ -191,11 +229,17 @@ ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t 
             return invalid("loss, loss_var and lr must be scalars of one float dtype");
     const koala_dtype loss_dtype =
         scalar_type == ffi::DataType::F64 ? KOALA_FLOAT64 : KOALA_FLOAT32;
-    const double new_lr = scalar_type == ffi::DataType::F64
-                              ? *static_cast<const double *>(lr->untyped_data())
-                              : *static_cast<const float *>(lr->untyped_data());
+    // lr is needed on the host (koala_set_lr); loss and loss_var stay where
+    // they are (koala_update_ptr reads them from the optimizer's memory).
+    double new_lr = 0;
+    float new_lr_f32 = 0;
+    const bool f64 = scalar_type == ffi::DataType::F64;
+    if (std::string err = mem.to_host(f64 ? static_cast<void *>(&new_lr) : &new_lr_f32,
+                                      lr->untyped_data(), f64 ? 8 : 4);
+        !err.empty())
+        return memory_error("reading lr", err);
+    if (!f64) new_lr = new_lr_f32;
 
-    std::vector<void *> params(n);
     std::vector<const void *> grads(n);
     for (size_t i = 0; i < n; ++i) {
         auto p_in = args.get<ffi::AnyBuffer>(4 + i);
@@ -210,9 +254,8 @@ ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t 
         if (ffi::Error e = check_buffer(*g, t, layout.sizes[i], "gradient " + idx); e.failure())
             return e;
         grads[i] = g->untyped_data();
-        params[i] = p_in->untyped_data();
     }
-    return with_optimizer(layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
+    return with_optimizer(mem, layout, *ckpt_in, *ckpt_out, [&](koala_optimizer *opt) {
         if (!std::isnan(new_lr)) {
             koala_status s = koala_set_lr(opt, new_lr);
             if (s != KOALA_OK) return koala_error("setting lr", s);
@@ -222,12 +265,31 @@ ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t 
         for (size_t i = 0; i < n; ++i) {
             auto p_in = args.get<ffi::AnyBuffer>(4 + i);
             auto p_out = rets.get<ffi::AnyBuffer>(1 + i);
-            out[i] = output_params(*p_in, *p_out);
+            if (ffi::Error e = output_params(mem, *p_in, *p_out, &out[i]); e.failure()) return e;
         }
         koala_status s = koala_update_ptr(opt, loss->untyped_data(), loss_var->untyped_data(),
-                                          loss_dtype, out.data(), grads.data(), nullptr);
+                                          loss_dtype, out.data(), grads.data(), mem.stream);
         return s == KOALA_OK ? ffi::Error::Success() : koala_error("update", s);
     });
+}
+
+ffi::Error predict_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
+                       int64_t dtype, ffi::Span<const int64_t> sizes) {
+    return predict(Memory{KOALA_HOST, nullptr}, 0, args, rets, method, dtype, sizes);
+}
+ffi::Error update_cpu(ffi::RemainingArgs args, ffi::RemainingRets rets, int64_t method,
+                      int64_t dtype, ffi::Span<const int64_t> sizes) {
+    return update(Memory{KOALA_HOST, nullptr}, 0, args, rets, method, dtype, sizes);
+}
+ffi::Error predict_gpu(void *stream, int32_t device, ffi::RemainingArgs args,
+                       ffi::RemainingRets rets, int64_t method, int64_t dtype,
+                       ffi::Span<const int64_t> sizes) {
+    return predict(Memory{KOALA_DEVICE, stream}, device, args, rets, method, dtype, sizes);
+}
+ffi::Error update_gpu(void *stream, int32_t device, ffi::RemainingArgs args,
+                      ffi::RemainingRets rets, int64_t method, int64_t dtype,
+                      ffi::Span<const int64_t> sizes) {
+    return update(Memory{KOALA_DEVICE, stream}, device, args, rets, method, dtype, sizes);
 }
 
 }  // namespace
@@ -243,6 +305,29 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxPredictCpu, koala_jax::predict_cpu,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxUpdateCpu, koala_jax::update_cpu,
                               ffi::Ffi::Bind()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("method")
+                                  .Attr<int64_t>("dtype")
+                                  .Attr<ffi::Span<const int64_t>>("sizes"));
+
+// The GPU handlers also take XLA's CUDA stream and device ordinal. They need
+// no CUDA headers or libraries at build time (the stream is an opaque
+// pointer; copies go through the driver, loaded at run time).
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxPredictGpu, koala_jax::predict_gpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<void *>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("method")
+                                  .Attr<int64_t>("dtype")
+                                  .Attr<ffi::Span<const int64_t>>("sizes"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(KoalaJaxUpdateGpu, koala_jax::update_gpu,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<void *>>()
+                                  .Ctx<ffi::DeviceOrdinal>()
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("method")

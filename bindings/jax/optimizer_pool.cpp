@@ -37,7 +37,7 @@ OptimizerPtr checkout(const Layout &layout, std::string *error) {
     koala_config_init(&cfg, layout.method);
     koala_optimizer *raw = nullptr;
     koala_status s = koala_create(&cfg, layout.sizes.size(), layout.sizes.data(), layout.dtype,
-                                  KOALA_HOST, &raw);
+                                  layout.memory, &raw);
     if (s != KOALA_OK) {
         *error = std::string(koala_status_string(s)) + ": " + koala_last_error();
         return nullptr;

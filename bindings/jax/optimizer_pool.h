@@ -23,8 +23,11 @@ struct Layout {
     koala_method method;
     koala_dtype dtype;
     std::vector<size_t> sizes;
+    koala_memory memory = KOALA_HOST;
+    int device = 0;  // the GPU (XLA's device ordinal) of a KOALA_DEVICE optimizer
     bool operator==(const Layout &o) const {
-        return method == o.method && dtype == o.dtype && sizes == o.sizes;
+        return method == o.method && dtype == o.dtype && sizes == o.sizes &&
+               memory == o.memory && device == o.device;
     }
 };
 
@@ -35,6 +38,8 @@ using OptimizerPtr = std::unique_ptr<koala_optimizer, OptimizerDeleter>;
 
 // Removes an idle optimizer of `layout` from the pool, or creates one with
 // the method's default config (the checkpoint loaded next overwrites it).
+// Device optimizers are created on the calling thread's current GPU, which
+// XLA has set to the device the computation runs on.
 // On failure returns null and fills *error with libkoala's message.
 OptimizerPtr checkout(const Layout &layout, std::string *error);
 

@@ -130,10 +130,19 @@ def handler_library() -> ctypes.CDLL:
         lib.koala_get_info.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(_Info)]
         lib.koala_status_string.restype = ctypes.c_char_p
         lib.koala_last_error.restype = ctypes.c_char_p
-        for target, symbol in (("koala_jax_predict", "KoalaJaxPredictCpu"),
-                               ("koala_jax_update", "KoalaJaxUpdateCpu")):
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+        for target, symbol in (("koala_jax_predict", "KoalaJaxPredict"),
+                               ("koala_jax_update", "KoalaJaxUpdate")):
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol + "Cpu")),
                                         platform="cpu")
+            # GPU: device optimizers on XLA's stream (needs libkoala's CUDA
+            # plugin at run time). JAX defers this registration until a CUDA
+            # backend exists; UNTESTED so far (no GPU where this was written).
+            try:
+                jax.ffi.register_ffi_target(target,
+                                            jax.ffi.pycapsule(getattr(lib, symbol + "Gpu")),
+                                            platform="CUDA")
+            except Exception:  # a jaxlib that cannot take CUDA targets: CPU only
+                pass
         _lib = lib
         return lib
 
