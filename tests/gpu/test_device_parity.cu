@@ -4,8 +4,8 @@
 // tensors (the large pointer table) and 2500 tensors (several launches per
 // kernel). The host path is itself checked against a float64 reference in
 // tests/c; here every parameter tensor must agree norm-relatively within
-// 1e-6 (float32) or 1e-12 (float64) after 100 steps, and so must the filter
-// scalars. The only difference the device path may have is the summation
+// 1e-6 (float32) or 1e-12 (float64) after 100 steps (KOALA_GPU_TEST_STEPS
+// overrides the count), and so must the filter scalars. The only difference the device path may have is the summation
 // order of its float64 norms.
 //
 // KOALA_GPU_TEST_BIG=1 adds one KOALA-V step on a single tensor of 2^31 +
@@ -208,7 +208,9 @@ void big_tensor() {
 
 int main() {
     skip_without_gpu();
-    const int steps = 100;
+    // KOALA_GPU_TEST_STEPS shortens the runs under compute-sanitizer.
+    const char *steps_env = std::getenv("KOALA_GPU_TEST_STEPS");
+    const int steps = steps_env && std::atoi(steps_env) > 0 ? std::atoi(steps_env) : 100;
     const std::vector<Scenario> f32 = {
         {"V f32 wd=0 online R, loss by value", KOALA_VANILLA, 0.0, false, kByValue,
          mixed_sizes(), steps},
