@@ -20,39 +20,103 @@ constexpr size_t kBufferAlign = 64;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
+// Block sums are accumulated in kLanes independent lanes: lane j takes the
+// elements i with i % kLanes == j, in order, and the lanes are added in lane
+// order at the end. That order does not depend on the vector width the
+// compiler picks, so SSE2 and AVX2 code give the same bits, and the lanes
+// break the add-latency chain that otherwise limits a float64 reduction to
+// a fraction of memory speed.
+constexpr size_t kLanes = 8;
+
+// The chunk kernels are compiled twice on x86-64 Linux with GCC (AVX2 and
+// baseline) and picked at load time: with baseline SSE2 the float64 norm
+// pass is compute-bound below memory bandwidth. No FMA is enabled, so both
+// clones round identically.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define KOALA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define KOALA_CPU_CLONES
+#endif
+#define KOALA_ALWAYS_INLINE inline __attribute__((always_inline))
+
 template <class T>
-void chunk_norms(const T *g, const T *x, size_t n, double wd, bool with_x, BlockSums &out) {
-    double gg = 0.0, hh = 0.0, xx = 0.0;
+KOALA_ALWAYS_INLINE void chunk_norms_impl(const T *g, const T *x, size_t n, double wd,
+                                          bool with_x, BlockSums &out) {
+    double gg[kLanes] = {}, hh[kLanes] = {}, xx[kLanes] = {};
+    const size_t body = n - n % kLanes;
     if (with_x) {
-#pragma omp simd reduction(+ : gg, hh, xx)
-        for (size_t i = 0; i < n; ++i) accumulate_norms(g[i], x[i], wd, gg, hh, xx);
+        for (size_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+            for (size_t j = 0; j < kLanes; ++j)
+                accumulate_norms(g[i + j], x[i + j], wd, gg[j], hh[j], xx[j]);
+        }
+        for (size_t i = body; i < n; ++i)
+            accumulate_norms(g[i], x[i], wd, gg[i - body], hh[i - body], xx[i - body]);
     } else {
-#pragma omp simd reduction(+ : gg)
-        for (size_t i = 0; i < n; ++i) accumulate_gg(g[i], gg);
-        hh = gg;
+        for (size_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+            for (size_t j = 0; j < kLanes; ++j) accumulate_gg(g[i + j], gg[j]);
+        }
+        for (size_t i = body; i < n; ++i) accumulate_gg(g[i], gg[i - body]);
     }
-    out = BlockSums{gg, hh, xx};
+    BlockSums sums{0.0, 0.0, 0.0};
+    for (size_t j = 0; j < kLanes; ++j) {
+        sums.gg += gg[j];
+        sums.hh += hh[j];
+        sums.xx += xx[j];
+    }
+    if (!with_x) sums.hh = sums.gg;
+    out = sums;
 }
 
 template <class T>
-void chunk_vanilla(T *x, const T *g, size_t n, T c) {
+KOALA_ALWAYS_INLINE void chunk_vanilla_impl(T *x, const T *g, size_t n, T c) {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) x[i] = vanilla_step(x[i], g[i], c);
 }
 
 template <class T>
-double chunk_momentum_predict(T *x, T *v, const T *xbar, size_t n, T a) {
-    double d2 = 0.0;
-#pragma omp simd reduction(+ : d2)
-    for (size_t i = 0; i < n; ++i) momentum_predict(x[i], v[i], xbar[i], a, d2);
-    return d2;
+KOALA_ALWAYS_INLINE double chunk_momentum_predict_impl(T *x, T *v, const T *xbar, size_t n, T a) {
+    double d2[kLanes] = {};
+    const size_t body = n - n % kLanes;
+    for (size_t i = 0; i < body; i += kLanes) {
+#pragma omp simd
+        for (size_t j = 0; j < kLanes; ++j)
+            momentum_predict(x[i + j], v[i + j], xbar[i + j], a, d2[j]);
+    }
+    for (size_t i = body; i < n; ++i) momentum_predict(x[i], v[i], xbar[i], a, d2[i - body]);
+    double sum = 0.0;
+    for (size_t j = 0; j < kLanes; ++j) sum += d2[j];
+    return sum;
 }
 
 template <class T>
-void chunk_momentum(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1, T k2) {
+KOALA_ALWAYS_INLINE void chunk_momentum_impl(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1,
+                                             T k2) {
 #pragma omp simd
     for (size_t i = 0; i < n; ++i) momentum_step(x[i], v[i], xbar[i], g[i], wd, k1, k2);
 }
+
+// One cloned entry point per kernel and type (target_clones does not apply
+// to templates).
+#define KOALA_CPU_KERNELS(T)                                                                   \
+    KOALA_CPU_CLONES void chunk_norms(const T *g, const T *x, size_t n, double wd, bool with_x, \
+                                      BlockSums &out) {                                        \
+        chunk_norms_impl(g, x, n, wd, with_x, out);                                            \
+    }                                                                                          \
+    KOALA_CPU_CLONES void chunk_vanilla(T *x, const T *g, size_t n, T c) {                     \
+        chunk_vanilla_impl(x, g, n, c);                                                        \
+    }                                                                                          \
+    KOALA_CPU_CLONES double chunk_momentum_predict(T *x, T *v, const T *xbar, size_t n, T a) { \
+        return chunk_momentum_predict_impl(x, v, xbar, n, a);                                  \
+    }                                                                                          \
+    KOALA_CPU_CLONES void chunk_momentum(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1, \
+                                         T k2) {                                               \
+        chunk_momentum_impl(x, v, xbar, g, n, wd, k1, k2);                                     \
+    }
+KOALA_CPU_KERNELS(float)
+KOALA_CPU_KERNELS(double)
+#undef KOALA_CPU_KERNELS
 
 template <class T>
 void predict_typed(koala_optimizer *opt, void *const *params) {
