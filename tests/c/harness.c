@@ -235,7 +235,7 @@ koala_status pair_predict(test_pair *pair) {
     return st;
 }
 
-koala_status pair_update(test_pair *pair, test_step *step) {
+void pair_load_grads(test_pair *pair, test_step *step) {
     const test_layout *l = pair->layout;
     for (size_t i = 0; i < l->n; ++i) {
         for (size_t j = 0; j < l->sizes[i]; ++j) {
@@ -246,6 +246,10 @@ koala_status pair_update(test_pair *pair, test_step *step) {
         pair->grad_args[i] = has ? pair->grads[i] : NULL;
         if (pair->with_reference) pair->ref_grads[i] = has ? step->grad[i] : NULL;
     }
+}
+
+koala_status pair_update(test_pair *pair, test_step *step) {
+    pair_load_grads(pair, step);
     const koala_status st = koala_update(pair->opt, step->loss, step->loss_var, pair->params,
                                          pair->grad_args, NULL);
     if (st == KOALA_OK && pair->with_reference)

@@ -108,6 +108,9 @@ koala_status pair_predict(test_pair *pair);
  * numbers the library sees), then updates both sides. The reference only
  * steps when the library returns KOALA_OK. */
 koala_status pair_update(test_pair *pair, test_step *step);
+/* The first half of pair_update: fills pair->grads / grad_args (and the
+ * reference's arguments) from the step, rounding it to the dtype. */
+void pair_load_grads(test_pair *pair, test_step *step);
 void pair_set_lr(test_pair *pair, double lr);
 
 /* max over tensors of the norm-relative parameter error (see the top). */
