@@ -43,6 +43,18 @@ koala_status guarded(const char *what, F &&body) {
     }
 }
 
+// Enum arguments come from C callers, where any int is a valid koala_dtype
+// or koala_memory; in C++ reading an enum object whose value lies outside
+// its enumerators' range is undefined (UBSan: "load of value 9, which is not
+// a valid value for type 'koala_dtype'"). Read the bytes as an int instead.
+template <class E>
+int enum_value(const E &e) {
+    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+    int v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
+
 koala_status check_handle(const koala_optimizer *opt, const char *what) {
     if (!opt) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: opt is NULL", what);
     return KOALA_OK;
@@ -146,12 +158,13 @@ KOALA_API koala_status koala_create(const koala_config *cfg, size_t n_tensors,
         if (st != KOALA_OK) return st;
         if (n_tensors == 0) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: n_tensors is 0", what);
         if (!sizes) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: sizes is NULL", what);
-        st = check_dtype(dtype, what, "dtype");
+        st = check_dtype(enum_value(dtype), what, "dtype");
         if (st != KOALA_OK) return st;
-        if (memory != KOALA_HOST && memory != KOALA_DEVICE)
+        const int memory_value = enum_value(memory);
+        if (memory_value != KOALA_HOST && memory_value != KOALA_DEVICE)
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: memory is %d; expected KOALA_HOST (1) or KOALA_DEVICE (2)", what,
-                        static_cast<int>(memory));
+                        memory_value);
         if (!out) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: out is NULL", what);
         const size_t elem = koala::dtype_size(dtype);
         // Every byte count (per tensor, all tensors, times the state buffers
@@ -266,7 +279,7 @@ KOALA_API koala_status koala_update_ptr(koala_optimizer *opt, const void *loss,
         if (st != KOALA_OK) return st;
         if (!loss) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss is NULL", what);
         if (!loss_var) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss_var is NULL", what);
-        st = check_dtype(loss_dtype, what, "loss_dtype");
+        st = check_dtype(enum_value(loss_dtype), what, "loss_dtype");
         if (st != KOALA_OK) return st;
         if (opt->device)
             return device_update(opt, 0.0, 0.0, loss, loss_var, loss_dtype, params, grads, stream);

@@ -214,6 +214,12 @@ koala_status checkpoint_load(koala_optimizer *opt, const void *buf, size_t size,
     for (size_t i = 0; i < kFilterDoubles; ++i) {
         // sigma, p00, p11, r, qw are variances; p01 is a covariance.
         const bool is_variance = i != 2;
+        // Only the scalars the method uses are checked: the others come from
+        // config fields the method ignores (and koala_create does not
+        // validate), so e.g. a KOALA-V optimizer created with qw = -1 must
+        // still load its own checkpoint.
+        const bool used = i == 4 || (cfg.method == KOALA_VANILLA ? i == 0 : i != 0);
+        if (!used) continue;
         if (!std::isfinite(f[i]) || (is_variance && f[i] < 0))
             return fail(KOALA_ERROR_BAD_STATE, "%s: checkpoint filter scalar %zu is %g", what, i,
                         f[i]);

@@ -9,7 +9,10 @@ extern "C" KOALA_API void koala_config_init(koala_config *cfg, koala_method meth
     if (!cfg) return;
     std::memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
-    cfg->method = method;
+    // Stored as given, even an unknown value (koala_create rejects it); copied
+    // as bytes because a C caller's out-of-range enum may not be read as one
+    // in C++ (see method_value).
+    std::memcpy(&cfg->method, &method, sizeof method);
     // The official code's class defaults (ALGORITHM.md §8).
     cfg->lr = 1.0;
     cfg->weight_decay = 0.0;
@@ -31,12 +34,23 @@ namespace {
 
 bool finite(double v) { return std::isfinite(v); }
 
+// cfg->method as an int: a C caller may store any int there, and in C++
+// reading an enum whose value is outside its enumerators' range is undefined
+// (UBSan flags it), so the bytes are read instead.
+int method_value(const koala_config &c) {
+    static_assert(sizeof c.method == sizeof(int), "C enums are int-sized");
+    int v;
+    std::memcpy(&v, &c.method, sizeof v);
+    return v;
+}
+
 }  // namespace
 
 koala_status check_config_values(const koala_config &c, const char *what, koala_status st) {
-    if (c.method != KOALA_VANILLA && c.method != KOALA_MOMENTUM)
+    const int method = method_value(c);
+    if (method != KOALA_VANILLA && method != KOALA_MOMENTUM)
         return fail(st, "%s: cfg->method is %d; expected KOALA_VANILLA (1) or KOALA_MOMENTUM (2)",
-                    what, static_cast<int>(c.method));
+                    what, method);
     if (!finite(c.lr) || c.lr < 0)
         return fail(st, "%s: cfg->lr is %g; it must be finite and >= 0", what, c.lr);
     if (!finite(c.weight_decay) || c.weight_decay < 0)
