@@ -126,16 +126,6 @@ module koala
        integer(c_int) :: status
      end function koala_state_size
 
-     function koala_update_ptr(opt, loss, loss_var, loss_dtype, params, grads, stream) &
-          bind(C, name='koala_update_ptr') result(status)
-       import :: c_ptr, c_int
-       type(c_ptr), value :: opt, loss, loss_var
-       integer(c_int), value :: loss_dtype
-       type(c_ptr), intent(in) :: params(*), grads(*)
-       type(c_ptr), value :: stream
-       integer(c_int) :: status
-     end function koala_update_ptr
-
      function koala_version() bind(C, name='koala_version') result(v)
        import :: c_int
        integer(c_int) :: v   ! unsigned in C; the value fits an int
@@ -185,6 +175,19 @@ module koala
      end function koala_update_raw
      module procedure koala_update_list
   end interface koala_update
+
+  interface koala_update_ptr
+     function koala_update_ptr_raw(opt, loss, loss_var, loss_dtype, params, grads, stream) &
+          bind(C, name='koala_update_ptr') result(status)
+       import :: c_ptr, c_int
+       type(c_ptr), value :: opt, loss, loss_var
+       integer(c_int), value :: loss_dtype
+       type(c_ptr), intent(in) :: params(*), grads(*)
+       type(c_ptr), value :: stream
+       integer(c_int) :: status
+     end function koala_update_ptr_raw
+     module procedure koala_update_ptr_list
+  end interface koala_update_ptr
 
   interface koala_get_info
      function koala_get_info_raw(opt, stream, out) bind(C, name='koala_get_info') result(status)
@@ -296,15 +299,22 @@ contains
     end if
   end subroutine list_append
 
+  ! The dummies are not CONTIGUOUS on purpose: for a strided actual argument
+  ! the compiler would pass a temporary copy, and the list would keep the
+  ! address of that copy. A strided array is refused instead. (INTENT(IN)
+  ! concerns this call only; the library later writes through the stored
+  ! address, which is why the caller's array needs TARGET.)
   subroutine list_add_f32(self, x)
     class(koala_tensor_list), intent(inout) :: self
-    real(c_float), intent(in), target, contiguous :: x(:)
+    real(c_float), intent(in), target :: x(:)
+    if (.not. is_contiguous(x)) error stop 'koala_tensor_list%add: the array is not contiguous'
     call list_append(self, c_loc(x), int(size(x), c_size_t), KOALA_FLOAT32)
   end subroutine list_add_f32
 
   subroutine list_add_f64(self, x)
-    class(koala_tensor_list), intent(in out) :: self
-    real(c_double), intent(in), target, contiguous :: x(:)
+    class(koala_tensor_list), intent(inout) :: self
+    real(c_double), intent(in), target :: x(:)
+    if (.not. is_contiguous(x)) error stop 'koala_tensor_list%add: the array is not contiguous'
     call list_append(self, c_loc(x), int(size(x), c_size_t), KOALA_FLOAT64)
   end subroutine list_add_f64
 
@@ -393,6 +403,19 @@ contains
     status = koala_update_raw(opt, loss, loss_var, pointers_of(params), pointers_of(grads), &
                               stream_or_null(stream))
   end function koala_update_list
+
+  !> koala_update with loss and loss_var read from memory of the optimizer's
+  !> kind (device memory for a device optimizer), scalars of `loss_dtype`.
+  function koala_update_ptr_list(opt, loss, loss_var, loss_dtype, params, grads, stream) &
+       result(status)
+    type(c_ptr), intent(in) :: opt, loss, loss_var
+    integer(c_int), intent(in) :: loss_dtype
+    type(koala_tensor_list), intent(in) :: params, grads
+    type(c_ptr), intent(in), optional :: stream
+    integer(c_int) :: status
+    status = koala_update_ptr_raw(opt, loss, loss_var, loss_dtype, pointers_of(params), &
+                                  pointers_of(grads), stream_or_null(stream))
+  end function koala_update_ptr_list
 
   !> koala_get_info with info%struct_size set here.
   function koala_get_info_simple(opt, info) result(status)

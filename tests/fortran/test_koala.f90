@@ -70,6 +70,7 @@ program test_koala
   call test_same_as_c(KOALA_VANILLA, 'KOALA-V')
   call test_checkpoint_round_trip()
   call test_errors()
+  call test_update_ptr()
 
   write(*, '(a, i0)') '1..', n_checks
   write(*, '(a, i0, a, i0, a)') '# ', n_checks - n_failed, ' passed, ', n_failed, ' failed'
@@ -352,5 +353,35 @@ contains
     call koala_destroy(opt)
     call koala_destroy(c_null_ptr)
   end subroutine test_errors
+
+  ! koala_update_ptr reads the two losses from memory (host memory here; the
+  ! device path is the same call with device addresses): same result as
+  ! koala_update with the values.
+  subroutine test_update_ptr()
+    type(koala_config) :: cfg
+    type(koala_tensor_list) :: pa, pb, grads
+    real(c_float), target :: xa(3), xb(3), g(3)
+    real(c_double), target :: loss, loss_var
+    type(c_ptr) :: opt_a, opt_b
+    integer(c_int) :: st_a, st_b
+
+    xa = [0.5, -1.0, 2.0]
+    xb = xa
+    g = [0.25, 0.5, -0.125]
+    loss = 0.75d0
+    loss_var = 0.6d0
+    call koala_config_init(cfg, KOALA_MOMENTUM)
+    call pa%add(xa); call pb%add(xb); call grads%add(g)
+    st_a = koala_create(cfg, pa, KOALA_HOST, opt_a)
+    st_b = koala_create(cfg, pb, KOALA_HOST, opt_b)
+    st_a = koala_predict(opt_a, pa)
+    st_b = koala_predict(opt_b, pb)
+    st_a = koala_update(opt_a, loss, loss_var, pa, grads)
+    st_b = koala_update_ptr(opt_b, c_loc(loss), c_loc(loss_var), KOALA_FLOAT64, pb, grads)
+    call check(st_a == KOALA_OK .and. st_b == KOALA_OK .and. all(xa == xb) .and. &
+               any(xa /= [0.5, -1.0, 2.0]), 'koala_update_ptr equals koala_update')
+    call koala_destroy(opt_a)
+    call koala_destroy(opt_b)
+  end subroutine test_update_ptr
 
 end program test_koala
