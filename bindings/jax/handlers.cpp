@@ -19,7 +19,7 @@
 //   update:  args  = ckpt, loss, loss_var, lr, params[n], grads[n]
 //            rets  = ckpt, params[n]
 // Attributes: method (koala_method), dtype (koala_dtype), sizes (i64[]).
-// `lr` is a scalar of the loss dtype; NaN keeps the checkpoint's lr.
+// `lr` is a float32/float64 scalar; NaN keeps the checkpoint's lr.
 //
 // GPU: libkoala reads and writes checkpoints in host memory, so the GPU
 // handlers stage the blob through host memory and wait for the stream
@@ -220,25 +220,28 @@ ffi::Error update(const Memory &mem, int device, ffi::RemainingArgs args,
         !ckpt_out.has_value())
         return invalid("bad scalar or checkpoint buffer");
 
-    // loss, loss_var and lr share one floating dtype (koala/jax.py casts them).
+    // loss and loss_var share one float dtype (koala/jax.py casts them); lr
+    // has its own (float64 whenever JAX has it, so schedules lose nothing).
     const ffi::DataType scalar_type = loss->element_type();
     if (scalar_type != ffi::DataType::F32 && scalar_type != ffi::DataType::F64)
         return invalid("loss must be float32 or float64");
-    for (auto *b : {&*loss, &*loss_var, &*lr})
-        if (b->element_type() != scalar_type || b->element_count() != 1)
-            return invalid("loss, loss_var and lr must be scalars of one float dtype");
+    if (loss_var->element_type() != scalar_type || loss->element_count() != 1 ||
+        loss_var->element_count() != 1)
+        return invalid("loss and loss_var must be scalars of one float dtype");
+    const bool lr_f64 = lr->element_type() == ffi::DataType::F64;
+    if ((!lr_f64 && lr->element_type() != ffi::DataType::F32) || lr->element_count() != 1)
+        return invalid("lr must be a float32 or float64 scalar");
     const koala_dtype loss_dtype =
         scalar_type == ffi::DataType::F64 ? KOALA_FLOAT64 : KOALA_FLOAT32;
     // lr is needed on the host (koala_set_lr); loss and loss_var stay where
     // they are (koala_update_ptr reads them from the optimizer's memory).
     double new_lr = 0;
     float new_lr_f32 = 0;
-    const bool f64 = scalar_type == ffi::DataType::F64;
-    if (std::string err = mem.to_host(f64 ? static_cast<void *>(&new_lr) : &new_lr_f32,
-                                      lr->untyped_data(), f64 ? 8 : 4);
+    if (std::string err = mem.to_host(lr_f64 ? static_cast<void *>(&new_lr) : &new_lr_f32,
+                                      lr->untyped_data(), lr_f64 ? 8 : 4);
         !err.empty())
         return memory_error("reading lr", err);
-    if (!f64) new_lr = new_lr_f32;
+    if (!lr_f64) new_lr = new_lr_f32;
 
     std::vector<const void *> grads(n);
     for (size_t i = 0; i < n; ++i) {

@@ -34,10 +34,12 @@ def max_rel_err(a_tree, b_list):
 
 
 @pytest.mark.parametrize("method,dtype,tol,config", [
+    # The same libkoala code runs on the same numbers: expect identical bits;
+    # float64 is held to the brief's 1e-12.
     ("vanilla", np.float64, 1e-12, dict(sigma=0.1, weight_decay=5e-4)),
     ("momentum", np.float64, 1e-12, dict(weight_decay=5e-4)),
-    ("vanilla", np.float32, 1e-6, dict()),
-    ("momentum", np.float32, 1e-6, dict(r=0.5)),
+    ("vanilla", np.float32, 0.0, dict()),
+    ("momentum", np.float32, 0.0, dict(r=0.5)),
 ])
 def test_jit_matches_plain_c(plain_koala, method, dtype, tol, config):
     params = nested_params(dtype)
@@ -60,8 +62,9 @@ def test_jit_matches_plain_c(plain_koala, method, dtype, tol, config):
         c_opt.update(float(loss), float(loss_var), c_params, c_grads)
         worst = max(worst, max_rel_err(params, c_params))
         assert worst <= tol, f"step {k}: jit and plain C differ by {worst:g}"
+    print(f"{method} {np.dtype(dtype).name}: max relative difference {worst:g}")
     # The whole optimizer state agrees too (sigma / P, R, step count, buffers).
-    assert np.array_equal(np.asarray(state.ckpt), c_opt.state_bytes()) or dtype == np.float32
+    assert np.array_equal(np.asarray(state.ckpt), c_opt.state_bytes())
     assert kj.info(state)["steps"] == N_STEPS
     assert traces[0] == 1, f"the jitted step was traced {traces[0]} times"
     c_opt.close()

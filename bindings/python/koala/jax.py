@@ -341,7 +341,8 @@ def update(params, grads, state, loss, loss_var, lr=None):
                          f"{g_treedef} vs {treedef}")
     _check_layout(ks, g_leaves, g_dtype, "grads")
     scalars = [_scalar(loss, dtype, "loss"), _scalar(loss_var, dtype, "loss_var"),
-               _scalar(float("nan") if lr is None else lr, dtype, "lr")]
+               _scalar(float("nan") if lr is None else lr,
+                       jnp.float64 if jax.config.jax_enable_x64 else jnp.float32, "lr")]
     n = len(leaves)
     out_types = [jax.ShapeDtypeStruct(ks.ckpt.shape, jnp.uint8)] + \
                 [jax.ShapeDtypeStruct(p.shape, p.dtype) for p in leaves]
