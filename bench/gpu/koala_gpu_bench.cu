@@ -289,6 +289,7 @@ void bench_cublas(const Layout &l, int steps, double copy_gbps, cudaStream_t s) 
     CUDA_CHECK(cudaMalloc(&has_grad, n));
     CUDA_CHECK(cudaMemcpy(f, &init, sizeof init, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(has_grad, 1, n));
+    CUDA_CHECK(cudaDeviceSynchronize());  // s is non-blocking: it does not wait for these
     cublasHandle_t h;
     CUBLAS_CHECK(cublasCreate(&h));
     CUBLAS_CHECK(cublasSetStream(h, s));

@@ -204,11 +204,15 @@ void skip_test(koala_method m) {
         KOALA_CHECK(koala_predict(opt, p.data(), s));
         if (kind == 0) {
             const T nan = static_cast<T>(NAN);
-            CUDA_CHECK(cudaMemcpy(loss_dev, &nan, sizeof nan, cudaMemcpyHostToDevice));
+            CUDA_CHECK(cudaMemcpyAsync(loss_dev, &nan, sizeof nan, cudaMemcpyHostToDevice, s));
+            CUDA_CHECK(cudaStreamSynchronize(s));
         } else if (kind == 1) {
             const T inf = static_cast<T>(INFINITY);
-            CUDA_CHECK(cudaMemcpy(g.dev[5] + 123, &inf, sizeof inf,
-                                  cudaMemcpyHostToDevice));
+            // Stream-ordered: a plain cudaMemcpy from pageable memory may
+            // return before the bytes land, and s does not wait for it.
+            CUDA_CHECK(cudaMemcpyAsync(g.dev[5] + 123, &inf, sizeof inf, cudaMemcpyHostToDevice,
+                                       s));
+            CUDA_CHECK(cudaStreamSynchronize(s));
         }
         std::vector<std::vector<T>> before, after;
         x.from_device(before, s);
@@ -364,7 +368,9 @@ void host_pointer_test(koala_method m) {
     std::vector<float> host_loss(2, 1.0f);
     float *loss_dev = nullptr;
     CUDA_CHECK(cudaMalloc(&loss_dev, 2 * sizeof(float)));
-    CUDA_CHECK(cudaMemcpy(loss_dev, host_loss.data(), 2 * sizeof(float), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpyAsync(loss_dev, host_loss.data(), 2 * sizeof(float),
+                               cudaMemcpyHostToDevice, s));
+    CUDA_CHECK(cudaStreamSynchronize(s));
     koala_optimizer *opt = nullptr;
     KOALA_CHECK(koala_create(&cfg, 2, sizes.data(), KOALA_FLOAT32, KOALA_DEVICE, &opt));
     std::vector<void *> good = x.dev_ptrs(), gdev = g.dev_ptrs();
