@@ -58,6 +58,21 @@ typedef struct {
     Py_buffer *views;
     char *held; /* held[i]: views[i] must be released */
 } koala_py_ptrs;
+/* Typemap locals start empty so that freearg is safe when an earlier
+ * argument failed before this one was converted. */
+#define KOALA_PY_PTRS_EMPTY {0, NULL, NULL, NULL}
+
+/* An int address: a non-negative int that fits a pointer (negative ones raise
+ * OverflowError instead of becoming huge addresses). */
+static void *koala_py_address(PyObject *obj) {
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
+    if (PyErr_Occurred()) return NULL;
+    if (sizeof(void *) < sizeof v && v > (unsigned long long)(size_t)-1) {
+        PyErr_SetString(PyExc_OverflowError, "address does not fit a pointer");
+        return NULL;
+    }
+    return (void *)(size_t)v;
+}
 
 static int koala_py_format_ok(const Py_buffer *v) {
     const char *f = v->format ? v->format : "B";
@@ -115,7 +130,7 @@ static int koala_py_ptrs_from(PyObject *seq, const char *name, int writable, int
             }
             p->ptrs[i] = NULL;
         } else if (PyLong_Check(item)) {
-            p->ptrs[i] = PyLong_AsVoidPtr(item);
+            p->ptrs[i] = koala_py_address(item);
             if (PyErr_Occurred()) goto fail;
         } else if (PyObject_CheckBuffer(item)) {
             Py_buffer *v = &p->views[i];
@@ -164,7 +179,7 @@ static int koala_py_scalar_from(PyObject *obj, const char *name, Py_buffer *view
                                 const void **out) {
     *held = 0;
     if (PyLong_Check(obj)) {
-        *out = PyLong_AsVoidPtr(obj);
+        *out = koala_py_address(obj);
         return !PyErr_Occurred();
     }
     if (PyObject_CheckBuffer(obj)) {
@@ -197,7 +212,7 @@ static int koala_py_scalar_from(PyObject *obj, const char *name, Py_buffer *view
     if ($input == Py_None) {
         $1 = NULL;
     } else if (PyLong_Check($input)) {
-        $1 = PyLong_AsVoidPtr($input);
+        $1 = koala_py_address($input);
         if (PyErr_Occurred()) SWIG_fail;
     } else {
         PyErr_SetString(PyExc_TypeError, "stream must be None or an int (a cudaStream_t address)");
@@ -206,8 +221,7 @@ static int koala_py_scalar_from(PyObject *obj, const char *name, Py_buffer *view
 }
 
 /* ---- arrays of tensors ------------------------------------------------- */
-%typemap(in) void *const *params (koala_py_ptrs arr) {
-    arr.n = 0; arr.ptrs = NULL; arr.views = NULL; arr.held = NULL;
+%typemap(in) void *const *params (koala_py_ptrs arr = KOALA_PY_PTRS_EMPTY) {
     if ($input == Py_None) {
         $1 = NULL;
     } else {
@@ -217,8 +231,7 @@ static int koala_py_scalar_from(PyObject *obj, const char *name, Py_buffer *view
 }
 %typemap(freearg) void *const *params { koala_py_ptrs_release(&arr$argnum); }
 
-%typemap(in) const void *const *grads (koala_py_ptrs arr) {
-    arr.n = 0; arr.ptrs = NULL; arr.views = NULL; arr.held = NULL;
+%typemap(in) const void *const *grads (koala_py_ptrs arr = KOALA_PY_PTRS_EMPTY) {
     if ($input == Py_None) {
         $1 = NULL;
     } else {

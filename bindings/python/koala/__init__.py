@@ -9,10 +9,13 @@
 koala.capi is the SWIG module: koala.h one to one. Importing this package
 needs neither NumPy nor PyTorch nor JAX.
 """
-from . import capi
-from .errors import (BadState, CudaError, InvalidArgument, KoalaError, NotFinite, OutOfMemory,
-                     Unsupported)
-from .optimizer import CONFIG_FIELDS, Info, Optimizer
+from . import _loader
+
+_loader.preload()
+from . import capi  # noqa: E402  (after the preload)
+from .errors import (BadState, CudaError, InvalidArgument, KoalaError,  # noqa: E402
+                     NotFinite, OutOfMemory, Unsupported)
+from .optimizer import CONFIG_FIELDS, Info, Optimizer  # noqa: E402
 
 __all__ = ["Optimizer", "Info", "CONFIG_FIELDS", "KoalaError", "InvalidArgument", "OutOfMemory",
            "NotFinite", "Unsupported", "CudaError", "BadState", "version", "__version__",

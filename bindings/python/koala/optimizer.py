@@ -99,7 +99,7 @@ class Optimizer:
             raise InvalidArgument("tensors_or_sizes is empty; give at least one tensor")
         want_dtype = arrays.dtype_name(dtype)
         want_device = _device_name(device)
-        if all(isinstance(t, int) for t in items):
+        if all(isinstance(t, (int, float)) for t in items):      # element counts
             sizes = items
             want_dtype = want_dtype or arrays.FLOAT32
             want_device = want_device or "cpu"
