@@ -188,7 +188,9 @@ void big_tensor() {
     const double sigma_hat = cfg.sigma + cfg.q;
     const double r = cfg.alpha_r * 1.0 + (1 - cfg.alpha_r) * 1.0;
     const double S = sigma_hat * static_cast<double>(n) + r;
-    const float expect = 0.0f - static_cast<float>(cfg.lr * 1.0 * sigma_hat / S) * 1.0f;
+    // The same operations in the same order as koala::update_scalars.
+    const double gain = cfg.lr * 1.0 / S;
+    const float expect = 0.0f - static_cast<float>(gain * sigma_hat) * 1.0f;
     const size_t probes[] = {0, (size_t(1) << 31) - 1, size_t(1) << 31, n - 1};
     for (size_t i : probes) {
         float v = 0.0f;
