@@ -320,6 +320,43 @@ double pair_info_error(const test_pair *pair, const char **what) {
     return worst;
 }
 
+double pair_momentum_state_error(const test_pair *pair) {
+    const test_layout *l = pair->layout;
+    const size_t elem = dtype_bytes(pair->dtype);
+    const size_t header = 200 + 8 * l->n;
+    size_t size;
+    unsigned char *ckpt = save_state(pair->opt, &size);
+    if (size != header + 2 * l->total * elem + 8) {
+        free(ckpt);
+        return INFINITY;
+    }
+    double worst = 0.0;
+    const unsigned char *p = ckpt + header;
+    for (int which = 0; which < 2; ++which) {
+        double *const *ref = which == 0 ? pair->ref.velocity : pair->ref.xbar;
+        for (size_t i = 0; i < l->n; ++i) {
+            double diff = 0.0, norm = 0.0;
+            for (size_t j = 0; j < l->sizes[i]; ++j) {
+                double lib;
+                if (pair->dtype == KOALA_FLOAT32) {
+                    float f;
+                    memcpy(&f, p + j * elem, sizeof f);
+                    lib = f;
+                } else {
+                    memcpy(&lib, p + j * elem, sizeof lib);
+                }
+                diff += (lib - ref[i][j]) * (lib - ref[i][j]);
+                norm += ref[i][j] * ref[i][j];
+            }
+            p += l->sizes[i] * elem;
+            const double err = norm > 0.0 ? sqrt(diff / norm) : sqrt(diff);
+            if (!(err <= worst)) worst = err;
+        }
+    }
+    free(ckpt);
+    return worst;
+}
+
 unsigned char *save_state(const koala_optimizer *opt, size_t *size) {
     if (koala_state_size(opt, size) != KOALA_OK) abort();
     unsigned char *buf = xmalloc(*size);

@@ -124,6 +124,13 @@ double pair_param_error(const test_pair *pair);
  * the name of the worst field. */
 double pair_info_error(const test_pair *pair, const char **what);
 
+/* KOALA-M: the largest norm-relative error (floor: the reference buffer's
+ * norm, or an absolute error where that is 0) of the library's velocity and
+ * x-bar buffers, read from its checkpoint (format of src/checkpoint.h: a
+ * 200 + 8 n byte header, every tensor's velocity, every tensor's x-bar, an
+ * 8-byte checksum). Returns INFINITY if the checkpoint size does not fit. */
+double pair_momentum_state_error(const test_pair *pair);
+
 /* A checkpoint of the optimizer in a fresh malloc'ed buffer (*size set). */
 unsigned char *save_state(const koala_optimizer *opt, size_t *size);
 

@@ -13,7 +13,8 @@
  *   - skips every tensor on one step,
  *   - changes lr with koala_set_lr (0.5, 0.2, 0 for two steps, then 1),
  * and after every predict and every update compares parameters
- * (norm-relative per tensor, harness.h) and koala_get_info with the model.
+ * (norm-relative per tensor, harness.h) and koala_get_info with the model;
+ * at the end of a KOALA-M run also the velocity and x-bar buffers.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -108,8 +109,13 @@ static void run_scenario(void **state) {
         if (!(e <= s->tolerance)) fail_msg("%s: after update %u: params differ by %g", s->name, k, e);
         if (e > worst_param) worst_param = e;
     }
+    if (s->method == KOALA_MOMENTUM) { /* v and x-bar, through the checkpoint */
+        const double e = pair_momentum_state_error(&pair);
+        if (!(e <= s->tolerance)) fail_msg("%s: velocity / x-bar differ by %g", s->name, e);
+        if (e > worst_param) worst_param = e;
+    }
     /* The figures doc/readme/ctests.md quotes. */
-    printf("# %s: %zu tensors, %zu elements, %u steps: max param error %.3g, max info error %.3g\n",
+    printf("# %s: %zu tensors, %zu elements, %u steps: max param (KOALA-M: and v, x-bar) error %.3g, max info error %.3g\n",
            s->name, layout.n, layout.total, s->steps, worst_param, worst_info);
     step_free(&step, &layout);
     pair_free(&pair);
