@@ -4,7 +4,8 @@
 // call kalman.h. Per update:
 //   norms   one launch: per-chunk float64 sums of g^2, (g + wd x)^2, x^2
 //   scalars one block:  per-tensor sums (chunk order, fixed tree) and
-//                       koala::update_scalars -> BlockCoef per tensor
+//                       koala::update_scalars over 256 ranges of tensors,
+//                       merged exactly (scalar_merge.h) -> BlockCoef per tensor
 //   apply   one launch: x -= c g (KOALA-V) or the x, v, x-bar step (KOALA-M)
 // KOALA-M's predict is one launch (x += v, v *= a, |xbar - x|^2 partials) plus
 // a one-block scalar kernel. ("One launch" per group of up to kSmallCap or
@@ -14,6 +15,7 @@
 #include <cstring>
 
 #include "element_math.h"
+#include "scalar_merge.h"
 
 namespace koala {
 namespace cuda {
@@ -105,10 +107,12 @@ __global__ void __launch_bounds__(kThreads)
 
 // Stage 2 and the scalar algebra, in one block. Warp w adds up the chunk
 // sums of tensors w, w + kWarps, ... (lane j takes chunks j, j + 32, ...,
-// then a fixed shuffle tree); thread 0 then runs koala::update_scalars.
-// A non-finite loss or norm: every coefficient is made inactive (so the
-// apply kernel touches nothing, x-bar included), the filter scalars stay,
-// and skipped_steps counts the step.
+// then a fixed shuffle tree). Then thread k runs koala::update_scalars on
+// its own contiguous range of tensors (coefficients written in place) and
+// the ranges' filter states are merged by min/max (scalar_merge.h: the same
+// bits as one call over all tensors). A non-finite loss or norm: every
+// coefficient is made inactive (so the apply kernel touches nothing, x-bar
+// included), the filter scalars stay, and skipped_steps counts the step.
 __global__ void __launch_bounds__(kThreads)
     update_scalars_kernel(koala_config cfg, LossSource loss, size_t n_tensors,
                           const uint64_t *__restrict__ tensor_chunks,
@@ -134,8 +138,7 @@ __global__ void __launch_bounds__(kThreads)
         }
         if (lane == 0) block_sums[t] = BlockSums{gg, hh, xx};
     }
-    __syncthreads();  // block_sums of every tensor visible to thread 0
-    if (threadIdx.x != 0) return;
+    __syncthreads();  // every tensor's block_sums visible to the whole block
 
     double l = loss.loss, lv = loss.loss_var;
     if (loss.loss_ptr) {
@@ -147,13 +150,27 @@ __global__ void __launch_bounds__(kThreads)
             lv = *static_cast<const double *>(loss.loss_var_ptr);
         }
     }
-    FilterState s = *filter;
-    if (update_scalars(s, cfg, l, lv, block_sums, has_grad, n_tensors, coef) == kNotFinite) {
-        for (size_t t = 0; t < n_tensors; ++t) coef[t].active = 0;
-        filter->skipped_steps = s.skipped_steps + 1;  // s is untouched on kNotFinite
-    } else {
-        *filter = s;
+    const FilterState prior = *filter;
+    const size_t begin = scalar_range_begin(n_tensors, kThreads, threadIdx.x);
+    const size_t end = scalar_range_begin(n_tensors, kThreads, threadIdx.x + 1);
+    FilterState part = prior;
+    const int not_finite = update_scalars(part, cfg, l, lv, block_sums + begin, has_grad + begin,
+                                          end - begin, coef + begin) == kNotFinite;
+    // Every thread has read *filter above; only after this barrier is it written.
+    if (__syncthreads_or(not_finite)) {
+        for (size_t t = begin; t < end; ++t) coef[t].active = 0;
+        if (threadIdx.x == 0) filter->skipped_steps = prior.skipped_steps + 1;
+        return;
     }
+    __shared__ FilterState merged[kThreads];
+    merged[threadIdx.x] = part;
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride >>= 1) {
+        if (static_cast<int>(threadIdx.x) < stride)
+            merge_scalar_ranges(merged[threadIdx.x], merged[threadIdx.x + stride], prior.p01);
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) *filter = merged[0];
 }
 
 // The fused update of every active tensor: one block per chunk.
