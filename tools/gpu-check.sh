@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")/.."
 BUILD=${1:-build-gpu-check}
 export PATH="/usr/local/cuda/bin:$PATH"
-LOGDIR="$BUILD/gpu-check-logs"
+LOGDIR="${BUILD%/}-logs"
 summary=()
 failed=0
 
