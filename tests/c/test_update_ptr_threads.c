@@ -41,9 +41,11 @@ static void make_config(koala_method method, koala_config *cfg) {
 
 /* ---- 1. koala_update_ptr == koala_update ----------------------------------- */
 
-/* Out of line on purpose: GCC 12.2 at -O2 dropped the store of an inline
- * `step.loss = (double)(float)step.loss` placed next to the float copies
- * below (-O0/-O1 were fine; it looks like a compiler bug, not reduced). */
+/* Out of line on purpose: Debian 12's GCC 12.2 at -O2/-O3 miscompiled the
+ * inline form `step.loss = (double)loss32; step.loss_var = (double)var32;`
+ * (inside an if, after float copies of the same fields): its SLP vectorizer
+ * dropped both stores (fine with -O1 or -fno-tree-slp-vectorize; it
+ * reproduces in a standalone file with no cmocka and no libkoala). */
 static double __attribute__((noinline)) round_to_float(double v) {
     volatile float f = (float)v;
     return (double)f;
