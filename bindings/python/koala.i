@@ -16,7 +16,8 @@
  *        must be C-contiguous, float32 ('f') or float64 ('d'), writable for
  *        params; all items of one call must have the same format;
  *      * an int: a raw address (torch's data_ptr(), CuPy's data.ptr, ...),
- *        host or device, passed through unchecked;
+ *        host or device, passed through unchecked (only a negative int is
+ *        refused, with OverflowError);
  *      * None: NULL (grads only: "no gradient this step");
  *    params itself may be None (koala_predict of KOALA_VANILLA);
  *  - stream is None (NULL) or an int (a cudaStream_t address);
