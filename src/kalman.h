@@ -83,7 +83,9 @@ KOALA_HD UpdateOutcome update_scalars(FilterState &s, const koala_config &cfg, d
                                       double loss_var, const BlockSums *sums,
                                       const unsigned char *has_grad, size_t n_blocks,
                                       BlockCoef *coef) {
-    if (!is_finite(loss) || !is_finite(loss_var)) return kNotFinite;
+    // A negative loss_var (a mean of squares) is as unusable as a NaN: the
+    // host API rejects it before this point, the device path skips the step.
+    if (!is_finite(loss) || !is_finite(loss_var) || loss_var < 0.0) return kNotFinite;
     const bool momentum = cfg.method == KOALA_MOMENTUM;
     const double r = is_finite(cfg.r) ? cfg.r : cfg.alpha_r * s.r + (1.0 - cfg.alpha_r) * loss_var;
     if (!is_finite(r)) return kNotFinite;
