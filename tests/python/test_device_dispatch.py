@@ -1,0 +1,86 @@
+"""The pythonic layer's CUDA dispatch without a GPU: koala.capi is replaced by
+a recorder, device arrays are fakes (__cuda_array_interface__, never
+dereferenced), and the test checks which C call the layer makes with which
+addresses: device scalars go to koala_update_ptr (no host sync), floats to
+koala_update, and mismatched device scalars are refused before any call."""
+import types
+
+import pytest
+
+import koala
+from koala import capi, optimizer
+
+
+class FakeDeviceArray:
+    def __init__(self, n, address, typestr="<f4", device_id=0):
+        self.__cuda_array_interface__ = dict(shape=(n,), typestr=typestr, strides=None,
+                                             data=(address, False), version=3)
+        self.device = types.SimpleNamespace(id=device_id)
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    calls = []
+    fake = types.SimpleNamespace(**{k: getattr(capi, k) for k in dir(capi)
+                                    if k.startswith("KOALA_")})
+    fake.koala_config = capi.koala_config
+    fake.koala_config_init = capi.koala_config_init
+
+    def record(name, result=None):
+        def call(*args):
+            calls.append((name,) + args)
+            return result
+        return call
+
+    for name in ("koala_predict", "koala_update", "koala_update_ptr", "koala_set_lr",
+                 "koala_destroy"):
+        setattr(fake, name, record(name))
+    fake.koala_create = record("koala_create", result="HANDLE")
+    monkeypatch.setattr(optimizer, "capi", fake)
+    return calls
+
+
+def test_device_optimizer_uses_update_ptr(recorder):
+    params = [FakeDeviceArray(4, 0x1000), FakeDeviceArray(2, 0x2000)]
+    grads = [FakeDeviceArray(4, 0x3000), None]
+    opt = koala.Optimizer("momentum", params, weight_decay=5e-4)
+    assert (opt.device, opt.dtype) == ("cuda:0", "float32")
+    create = recorder[-1]
+    assert create[0] == "koala_create" and create[2] == [4, 2]
+    assert create[3] == capi.KOALA_FLOAT32 and create[4] == capi.KOALA_DEVICE
+    opt.predict(params, stream=0xABC)
+    assert recorder[-1] == ("koala_predict", "HANDLE", [0x1000, 0x2000], 0xABC)
+    loss, loss_var = FakeDeviceArray(1, 0x4000), FakeDeviceArray(1, 0x5000)
+    opt.update(loss, loss_var, params, grads, stream=0xABC)
+    assert recorder[-1] == ("koala_update_ptr", "HANDLE", 0x4000, 0x5000, capi.KOALA_FLOAT32,
+                            [0x1000, 0x2000], [0x3000, None], 0xABC)
+    opt.update(0.5, 0.25, params, grads)
+    assert recorder[-1] == ("koala_update", "HANDLE", 0.5, 0.25, [0x1000, 0x2000],
+                            [0x3000, None], None)
+
+
+def test_device_scalars_must_match(recorder):
+    params = [FakeDeviceArray(4, 0x1000)]
+    opt = koala.Optimizer("vanilla", params)
+    n = len(recorder)
+    with pytest.raises(koala.InvalidArgument, match="loss and loss_var"):
+        opt.update(FakeDeviceArray(1, 0x4000), FakeDeviceArray(1, 0x5000, "<f8"), params,
+                   [None])
+    with pytest.raises(koala.InvalidArgument, match="loss and loss_var"):
+        opt.update(FakeDeviceArray(1, 0x4000), 0.3, params, [None])
+    assert len(recorder) == n                     # nothing reached the library
+
+
+def test_device_arrays_on_another_gpu_are_named(recorder):
+    opt = koala.Optimizer("vanilla", [FakeDeviceArray(4, 0x1000)])
+    with pytest.raises(koala.InvalidArgument, match=r"params\[0\] is on cuda:1"):
+        opt.update(1.0, 1.0, [FakeDeviceArray(4, 0x1000, device_id=1)], [None])
+
+
+def test_device_by_sizes(recorder):
+    opt = koala.Optimizer("vanilla", [8, 3], dtype="float64", device="cuda")
+    assert recorder[-1][3:] == (capi.KOALA_FLOAT64, capi.KOALA_DEVICE)
+    assert opt.device == "cuda:0"
+    with pytest.raises(koala.InvalidArgument, match=r"params\[0\] is on cpu"):
+        import numpy as np
+        opt.update(1.0, 1.0, [np.ones(8), np.ones(3)], [None, None])
