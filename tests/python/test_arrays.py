@@ -57,6 +57,16 @@ def test_dlpack_objects():
     _one_step(_DLPackOnly, lambda o: o.a)
 
 
+def test_plain_buffers():
+    """array.array: only the buffer protocol (no NumPy involved in passing it)."""
+    import array
+    _one_step(lambda a: array.array("d", a.tolist()), lambda b: np.array(b))
+    with pytest.raises(koala.InvalidArgument, match=r"params\[0\] has dtype buffer format 'i'"):
+        opt = koala.Optimizer("vanilla", [2])
+        opt.predict()
+        opt.update(1.0, 1.0, [array.array("i", [1, 2])], [None])
+
+
 def test_torch_non_contiguous_param_named():
     torch = pytest.importorskip("torch")
     p = [torch.ones(4, 4).t()]

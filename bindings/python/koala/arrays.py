@@ -6,7 +6,8 @@ Supported, in the order they are tried:
   * NumPy arrays: passed as buffers (the SWIG typemap holds them during the call);
   * objects with __cuda_array_interface__ (CuPy, Numba, ...): device pointer;
   * objects with __array_interface__: host pointer;
-  * objects with __dlpack__ / __dlpack_device__: pointer read from the DLPack capsule.
+  * objects with __dlpack__ / __dlpack_device__: pointer read from the DLPack capsule;
+  * anything else with the buffer protocol (array.array, memoryview): host buffer.
 No module here is imported unless an array of that kind is seen, so
 `import koala` needs neither NumPy nor PyTorch.
 """
@@ -153,6 +154,15 @@ def _from_dlpack(x):
                      writable=True, keepalive=capsule)
 
 
+def _from_buffer(x):
+    m = memoryview(x)
+    fmt = m.format.lstrip("<=@")
+    dtype = {("f", 4): FLOAT32, ("d", 8): FLOAT64}.get((fmt, m.itemsize),
+                                                      f"buffer format {m.format!r}")
+    return ArrayView(handle=x, dtype=dtype, size=m.nbytes // max(m.itemsize, 1), device="cpu",
+                     contiguous=m.c_contiguous, writable=not m.readonly)
+
+
 def view(x, name):
     """The ArrayView of `x`; raises Unsupported naming `name` for other objects."""
     if _is_torch(x):
@@ -169,9 +179,13 @@ def view(x, name):
         return _from_interface(x, x.__array_interface__, "cpu")
     if hasattr(x, "__dlpack__") and hasattr(x, "__dlpack_device__"):
         return _from_dlpack(x)
+    try:
+        return _from_buffer(x)       # array.array, memoryview, ...: the buffer protocol
+    except TypeError:
+        pass
     raise Unsupported(f"{name} is a {type(x).__module__}.{type(x).__qualname__}; expected a "
-                      "NumPy array, a PyTorch tensor, or an array with __cuda_array_interface__, "
-                      "__array_interface__ or DLPack")
+                      "NumPy array, a PyTorch tensor, an array with __cuda_array_interface__, "
+                      "__array_interface__ or DLPack, or a float32/float64 buffer")
 
 
 def check(v, name, dtype, size, device, writable):
