@@ -126,3 +126,16 @@ def test_device_probe_reports_why():
     except koala.KoalaError as e:
         assert e.status in (capi.KOALA_ERROR_UNSUPPORTED, capi.KOALA_ERROR_CUDA)
         assert e.message
+
+
+def test_python_m_koala_reports_itself():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-m", "koala"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith(f"libkoala {koala.__version__}")
+    assert "CUDA plugin: " in out and "GPU usable:  " in out
+    gpu, why = koala.device_available()
+    assert ("GPU usable:  yes" in out) == gpu
+    if not gpu:
+        assert why in out
