@@ -149,6 +149,23 @@ void *stream_arg(FuzzedDataProvider &in, bool *valid) {
     return *valid ? nullptr : &some_stream;
 }
 
+// FUZZ_TRACE=1 prints every call and the filter afterwards (for turning a
+// crash input into a readable reproducer).
+bool trace() {
+    static const bool on = std::getenv("FUZZ_TRACE") != nullptr;
+    return on;
+}
+
+void print_trace(const Session &s, const char *fn, koala_status st) {
+    koala_info info;
+    std::memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    koala_get_info(s.opt, nullptr, &info);
+    std::fprintf(stderr, "%-18s -> %d  sigma %.17g P [%.17g %.17g %.17g] r %.17g qw %.17g\n",
+                 fn[0] ? fn : "(data change)", (int)st, info.sigma, info.p00, info.p01, info.p11,
+                 info.r, info.qw);
+}
+
 void require_failure_contract(koala_status st, const Session &s,
                               const std::vector<unsigned char> &before, const char *fn) {
     if (st == KOALA_OK) return;
@@ -288,6 +305,7 @@ void run_calls(FuzzedDataProvider &in, Session &s) {
         }
         }
         require_failure_contract(st, s, before, fn);
+        if (trace()) print_trace(s, fn, st);
         if (st == KOALA_OK) fuzz::require_round_trip(s.opt, fn);
     }
 }
@@ -344,6 +362,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     FUZZ_REQUIRE(!null_out && !null_sizes && n_tensors >= 1 && n_tensors <= 4 && memory == KOALA_HOST,
                  "create accepted bad arguments");
+    if (trace())
+        std::fprintf(stderr,
+                     "create method %d dtype %d sizes %zu: lr %g wd %g r %g alpha_r %g sigma %g "
+                     "q %g sw %g sc %g sv %g a %g qw %g qv %g\n",
+                     (int)method, (int)dtype, n_tensors, c.lr, c.weight_decay, c.r, c.alpha_r,
+                     c.sigma, c.q, c.sw, c.sc, c.sv, c.a, c.qw, c.qv);
     Session s;
     s.opt = out;
     s.method = c.method;

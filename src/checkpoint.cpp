@@ -224,6 +224,14 @@ koala_status checkpoint_load(koala_optimizer *opt, const void *buf, size_t size,
             return fail(KOALA_ERROR_BAD_STATE, "%s: checkpoint filter scalar %zu is %g", what, i,
                         f[i]);
     }
+    // KOALA-M's 2x2 covariance must be positive semi-definite: an indefinite
+    // P drives p11 negative on the next update. The tolerance leaves room
+    // for the rounding of states the library itself saved.
+    if (cfg.method == KOALA_MOMENTUM && f[2] * f[2] > f[1] * f[3] * (1.0 + 1e-9))
+        return fail(KOALA_ERROR_BAD_STATE,
+                    "%s: checkpoint covariance P = [[%g, %g], [%g, %g]] is not positive "
+                    "semi-definite",
+                    what, f[1], f[2], f[2], f[3]);
     FilterState filter{f[0], f[1], f[2], f[3], f[4], f[5], skipped};
 
     // Everything is checked: from here on the load cannot fail on host.

@@ -257,6 +257,7 @@ static void edit_lr_nan(unsigned char *b, size_t *n) { (void)n; put_f64(b, CKP_C
 static void edit_alpha_one(unsigned char *b, size_t *n) { (void)n; put_f64(b, CKP_CONFIG + 24, 1.0); }
 static void edit_sigma_neg(unsigned char *b, size_t *n) { (void)n; put_f64(b, CKP_FILTER, -1.0); }
 static void edit_r_inf(unsigned char *b, size_t *n) { (void)n; put_f64(b, CKP_FILTER + 32, INFINITY); }
+static void edit_p_indefinite(unsigned char *b, size_t *n) { (void)n; put_f64(b, CKP_FILTER + 16, 10.0); }
 static void edit_phase(unsigned char *b, size_t *n) { (void)n; put_u32(b, CKP_PHASE, 2); }
 static void edit_grow(unsigned char *b, size_t *n) { (void)b; *n -= 8; } /* shorter by one word, resealed */
 
@@ -442,6 +443,7 @@ CASE(load_cfg_lr_nan) { return load_edited(f, edit_lr_nan, 1); }
 CASE(load_cfg_alpha_r_one) { return load_edited(f, edit_alpha_one, 1); }
 CASE(load_filter_negative) { return load_edited(f, edit_sigma_neg, 1); }
 CASE(load_filter_r_inf) { return load_edited(f, edit_r_inf, 1); }
+CASE(load_p_indefinite) { return load_edited(f, edit_p_indefinite, 1); }
 CASE(load_phase_2) { return load_edited(f, edit_phase, 1); }
 CASE(load_other_method) { return load_other(f, f->method == KOALA_VANILLA ? KOALA_MOMENTUM : KOALA_VANILLA, f->dtype, N_TENSORS, kSizes); }
 CASE(load_other_dtype) { return load_other(f, f->method, f->dtype == KOALA_FLOAT32 ? KOALA_FLOAT64 : KOALA_FLOAT32, N_TENSORS, kSizes); }
@@ -585,6 +587,7 @@ static const bad_case kCases[] = {
     ROW(load_cfg_alpha_r_one, "koala_state_load", "stored alpha_r 1 (checksum recomputed)", FX_V32, PREDICTED, BAD, "cfg->alpha_r"),
     ROW(load_filter_negative, "koala_state_load", "stored sigma -1 (checksum recomputed)", FX_V64, IDLE, BAD, "filter scalar"),
     ROW(load_filter_r_inf, "koala_state_load", "stored R +Inf (checksum recomputed)", FX_M32, IDLE, BAD, "filter scalar"),
+    ROW(load_p_indefinite, "koala_state_load", "stored momentum P01 = 10 (P indefinite; checksum recomputed)", FX_M64, IDLE, BAD, "semi-definite"),
     ROW(load_phase_2, "koala_state_load", "stored phase flag 2 (checksum recomputed)", FX_M64, IDLE, BAD, "phase"),
     ROW(load_other_method, "koala_state_load", "checkpoint of the other method", FX_V32, IDLE, BAD, "method"),
     ROW(load_other_dtype, "koala_state_load", "checkpoint of the other dtype", FX_M64, IDLE, BAD, "dtype"),
