@@ -240,3 +240,28 @@ def test_cuda_matches_cpu(cls):
         train_step(gpu_net, b, x.cuda(), y.cuda(), 1.0)
     for p, q in zip(cpu_net.parameters(), gpu_net.parameters()):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_lr_scheduler_drives_the_multiplier():
+    """A torch scheduler writes group["lr"]; update() reads it as the multiplier."""
+    a_net = make_net()
+    b_net = copy.deepcopy(a_net)
+    ours = MomentumKOALA(a_net.parameters(), weight_decay=5e-4)
+    ref = OfficialStyleMomentum(b_net.parameters(), weight_decay=5e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(ours, milestones=[3], gamma=0.2)
+    crit = torch.nn.CrossEntropyLoss(reduction="none")
+    batches = data()
+    for step in range(6):
+        x, y = next(batches)
+        for net, opt in ((a_net, ours), (b_net, ref)):
+            opt.predict()
+            loss = crit(net(x), y)
+            opt.zero_grad()
+            loss.mean().backward()
+            if opt is ref:
+                ref.param_groups[0]["lr"] = 1.0 if step < 3 else 0.2
+            opt.update(loss.mean(), (loss ** 2).mean())
+        sched.step()
+        for p, q in zip(a_net.parameters(), b_net.parameters()):
+            assert float((p - q).abs().max()) <= 1e-9
+    assert ours.param_groups[0]["lr"] == pytest.approx(0.2)

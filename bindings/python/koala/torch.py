@@ -92,6 +92,10 @@ class _KOALABase(torch.optim.Optimizer):
                 grads = [_grad_of(p, i) for i, p in enumerate(params)]
                 loss_arg, var_arg = _loss_args(loss, loss_var, device)
                 engine.update(loss_arg, var_arg, params, grads, stream=_stream(params[0]))
+        # torch's lr schedulers count optimizer steps to warn about call order;
+        # update() is KOALA's step.
+        if hasattr(self, "_step_count"):
+            self._step_count += 1
 
     def step(self, closure=None):
         raise NotImplementedError("KOALA has no step(): call predict() before the forward pass "
