@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh core
-BUILD_DIR=build-demo bash tools/build.sh -Dtests=false -Dcuda=disabled -Dpython=disabled \
+BUILD_DIR=build-demo bash tools/build.sh -Dtests=false -Dbench=false -Dcuda=disabled -Dpython=disabled \
   -Dfortran=disabled -Drust=disabled -Djulia=disabled -Djax=disabled
 mkdir -p out
 build-demo/examples/c/koala-digits --data examples/data/digits.csv --out out "$@"
