@@ -74,7 +74,9 @@ inline void reseal(std::vector<unsigned char> &buf) {
 //  K1: a scalar overflowed to Inf (covariances near 1e308);
 //  K2: KOALA-M's P lost positive semi-definiteness in an update (rounding
 //      with badly scaled or nearly singular P: ALGORITHM.md 9.4 asks for a
-//      clamp the update does not do yet), so p11 < 0 or p01^2 > p00 p11.
+//      clamp the algebra does not do yet), so p00 < 0, p11 < 0 or
+//      p01^2 > p00 p11 (e.g. predict on a P at the PSD boundary that the
+//      loader accepts within its rounding tolerance gives p00 = -5e-185).
 // The loader rightly rejects such states; the round trip is not checked.
 inline bool filter_sane(const koala_optimizer *opt) {
     koala_info info;
@@ -83,7 +85,7 @@ inline bool filter_sane(const koala_optimizer *opt) {
     FUZZ_REQUIRE(koala_get_info(opt, nullptr, &info) == KOALA_OK, "get_info");
     for (double v : {info.sigma, info.p00, info.p01, info.p11, info.r, info.qw})
         if (!std::isfinite(v)) return false;                                // K1
-    if (info.p11 < 0 || info.p01 * info.p01 > info.p00 * info.p11 * (1.0 + 1e-9))
+    if (info.p00 < 0 || info.p11 < 0 || info.p01 * info.p01 > info.p00 * info.p11 * (1.0 + 1e-9))
         return false;                                                       // K2
     return true;
 }
