@@ -183,7 +183,10 @@ koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
                     loss, loss_var);
     }
 
-    // Pass 2: apply the step to active tensors.
+    // Pass 2: apply the step to active tensors. It walks the chunks from the
+    // last to the first: pass 1 ended at the last chunks, whose g and x are
+    // still in the last-level cache, so they are not read from memory again.
+    // Each element's update is independent, so the order changes no result.
     const BlockCoef *coef = plan.block_coef.data();
     const bool momentum = opt->cfg.method == KOALA_MOMENTUM;
     void *const *velocity = opt->buffers.velocity.data();
@@ -191,7 +194,7 @@ koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
     const T wd_t = static_cast<T>(wd);
 #pragma omp parallel for schedule(static) if (parallel)
     for (long k = 0; k < n_chunks; ++k) {
-        const Chunk ch = chunks[k];
+        const Chunk ch = chunks[n_chunks - 1 - k];
         const BlockCoef c = coef[ch.tensor];
         if (!c.active) continue;
         T *x = static_cast<T *>(params[ch.tensor]) + ch.begin;

@@ -12,6 +12,8 @@
  * the "byte floor": those bytes at the bandwidth of a read-modify-write
  * stream (y += s * x over buffers of the same size) measured in this run
  * with the same threads. A ratio of 1.0 means the step runs at stream speed.
+ * Caches are evicted (untimed) before koala_predict and before koala_update,
+ * as the forward and backward passes would do in training (--warm: not).
  *
  * Bytes per parameter (ALGORITHM.md section 10, E = element size):
  *   KOALA-V: norm pass reads g and x (only g without weight decay), apply
@@ -34,7 +36,16 @@
 typedef struct bench_options {
     int steps;  /* timed steps per configuration */
     int warmup; /* untimed steps first */
+    int warm;   /* 1: no cache eviction between predict and update (--warm) */
 } bench_options;
+
+/* In training, the forward and backward passes run between koala_predict and
+ * koala_update and between koala_update and the next koala_predict, and they
+ * evict the optimizer's data from the caches. The benchmark does the same
+ * (untimed) by streaming over a buffer larger than any last-level cache, so
+ * that no step is timed on data the previous call left in cache. */
+enum { EVICT_FLOATS = 32 << 20 }; /* 128 MiB */
+static float *evict_buffer;
 
 typedef struct bench_result {
     const char *method, *dtype;
@@ -140,6 +151,12 @@ static double memcpy_gbps(size_t n, int reps) {
     return gbps;
 }
 
+static void evict_caches(void) {
+    long i;
+#pragma omp parallel for simd schedule(static)
+    for (i = 0; i < (long)EVICT_FLOATS; ++i) evict_buffer[i] = evict_buffer[i] * 0.5f + 1.0f;
+}
+
 static double bytes_per_param(koala_method method, double wd, size_t elem) {
     const double norm_pass = wd != 0.0 ? 2.0 : 1.0; /* g (and x) */
     if (method == KOALA_VANILLA) return (norm_pass + 3.0) * (double)elem;
@@ -180,10 +197,14 @@ static bench_result run_config(koala_method method, koala_dtype dtype, double wd
      * change the work done. */
     const double loss = 0.05, loss_var = 0.0030;
     for (int s = -o->warmup; s < o->steps; ++s) {
+        if (!o->warm) evict_caches();
         const double t0 = now_seconds();
         die_on(koala_predict(opt, params, NULL), "koala_predict");
+        const double t1 = now_seconds();
+        if (!o->warm) evict_caches();
+        const double t2 = now_seconds();
         die_on(koala_update(opt, loss, loss_var, params, grads, NULL), "koala_update");
-        if (s >= 0) times[s] = now_seconds() - t0;
+        if (s >= 0) times[s] = (t1 - t0) + (now_seconds() - t2);
     }
     koala_destroy(opt);
     res.median_ms = 1e3 * median(times, o->steps); /* sorts: times[0] is the minimum */
@@ -196,19 +217,22 @@ static bench_result run_config(koala_method method, koala_dtype dtype, double wd
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: koala_cpu_bench [--steps N] [--warmup N] [--quick]\n"
+            "usage: koala_cpu_bench [--steps N] [--warmup N] [--quick] [--warm]\n"
             "  --steps N   timed steps per configuration (default 40)\n"
             "  --warmup N  untimed steps first (default 5)\n"
             "  --quick     --steps 8 --warmup 2\n"
+            "  --warm      do not evict the caches before predict and update (as if\n"
+            "              nothing ran between the calls)\n"
             "Threads: OMP_NUM_THREADS (as for libkoala itself).\n");
 }
 
 int main(int argc, char **argv) {
-    bench_options o = {40, 5};
+    bench_options o = {40, 5, 0};
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--steps") && i + 1 < argc) o.steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) o.warmup = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--quick")) o.steps = 8, o.warmup = 2;
+        else if (!strcmp(argv[i], "--warm")) o.warm = 1;
         else {
             usage();
             return 2;
@@ -233,8 +257,12 @@ int main(int argc, char **argv) {
     printf("layout: CIFAR-10 ResNet-18, %d tensors, %zu parameters\n", RESNET18_TENSORS, n_total);
     printf("threads: %d (OMP_NUM_THREADS=%s)\n", omp_get_max_threads(),
            env_threads ? env_threads : "unset");
-    printf("timing: median of %d steps after %d warm-up steps; step = predict + update\n\n",
+    printf("timing: median of %d steps after %d warm-up steps; step = predict + update\n",
            o.steps, o.warmup);
+    printf("caches: %s\n\n", o.warm ? "kept warm between calls (--warm)"
+                                     : "evicted before predict and before update (untimed)");
+    evict_buffer = xmalloc((size_t)EVICT_FLOATS * sizeof *evict_buffer);
+    fill(evict_buffer, EVICT_FLOATS, 0, 1.0, 5);
     fflush(stdout);
 
     const int stream_reps = 3 * o.steps > 20 ? 3 * o.steps : 20;
@@ -280,5 +308,6 @@ int main(int argc, char **argv) {
     printf("\nx floor = median step time / (bytes moved / median stream bandwidth); 1.00 is stream\n"
            "speed. x floor (min) = fastest step / (bytes / fastest stream): less sensitive to\n"
            "other processes on a shared machine.\n");
+    free(evict_buffer);
     return 0;
 }
