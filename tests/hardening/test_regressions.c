@@ -7,7 +7,11 @@
  *   - out-of-range enum values read as C++ enums, undefined behaviour that
  *     UBSan reports (rows "dtype = 3", "loss_dtype = 9", "cfg->method = 3",
  *     run under -fsanitize=undefined by tools/hardening.sh);
- *   - koala_update_ptr's NOT_FINITE message naming koala_update.
+ *   - koala_update_ptr's NOT_FINITE message naming koala_update;
+ *   - a checkpoint with an indefinite KOALA-M covariance accepted (found by
+ *     fuzz_state_load; row "stored momentum P01 = 10").
+ * Crash inputs of the fuzzers are also kept in fuzz/corpus/ (regress-*),
+ * replayed by tools/hardening.sh.
  */
 #include <math.h>
 #include <setjmp.h>
