@@ -56,6 +56,21 @@ KOALA_HD FilterState initial_state(const koala_config &cfg) {
     return s;
 }
 
+// Keeps KOALA-M's 2x2 covariance positive semi-definite. In exact arithmetic
+// predict and update preserve it (ALGORITHM.md §4.3); rounding on a nearly
+// singular P (sc*sc == sw*sv, q_v = 0, tiny variances) can push p00 or p11
+// below 0 or |p01| above sqrt(p00 p11), after which p11 runs negative and
+// the filter is no longer a covariance (ALGORITHM.md §9.4). A no-op on any
+// P that is PSD already.
+KOALA_HD void clamp_psd(FilterState &s) {
+    if (!(s.p00 >= 0.0)) s.p00 = 0.0;
+    if (!(s.p11 >= 0.0)) s.p11 = 0.0;
+    if (s.p01 * s.p01 > s.p00 * s.p11) {
+        const double bound = sqrt(s.p00 * s.p11);
+        s.p01 = s.p01 > 0.0 ? bound : -bound;
+    }
+}
+
 // KOALA-V time update.
 KOALA_HD void vanilla_predict(FilterState &s, const koala_config &cfg) { s.sigma += cfg.q; }
 
@@ -71,6 +86,7 @@ KOALA_HD void momentum_predict_scalars(FilterState &s, const koala_config &cfg, 
     s.p00 = p00 + 2.0 * p01 + p11 + s.qw;
     s.p01 = a * (p01 + p11);
     s.p11 = a * a * p11 + cfg.qv;
+    clamp_psd(s);
 }
 
 enum UpdateOutcome { kUpdated = 0, kNotFinite = 1 };
@@ -125,6 +141,7 @@ KOALA_HD UpdateOutcome update_scalars(FilterState &s, const koala_config &cfg, d
             s.p00 = min_r_over_s * s.p00;
             s.p01 = min_r_over_s * p01;
             s.p11 = s.p11 - max_rho * p01 * p01;
+            clamp_psd(s);
         } else {
             s.sigma = min_r_over_s * s.sigma;
         }
