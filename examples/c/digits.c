@@ -2,7 +2,7 @@
  * digits: train a small neural network on handwritten digits with KOALA-V,
  * KOALA-M and plain SGD, from C, with nothing but koala.h and libc/libm.
  *
- *   digits [--epochs N] [--seed S] [--data PATH] [--out DIR] [--min-accuracy A]
+ *   koala-digits [--epochs N] [--seed S] [--data PATH] [--out DIR] [--min-accuracy A]
  *
  * The network is a 64-32-10 MLP (tanh hidden layer, softmax cross-entropy)
  * with a hand-written forward and backward pass. Each optimizer starts from
@@ -11,7 +11,7 @@
  * i is a test sample when i % 5 == 4, 1438 train / 359 test.
  *
  * Per epoch it prints the mean training loss and the test accuracy; at the
- * end a table, and it writes DIR/digits_curves.csv and DIR/digits_curves.svg
+ * end a table, and it writes DIR/digits-loss.csv and DIR/digits-loss.svg
  * (loss and accuracy curves, drawn by this program).
  * With --min-accuracy A the exit status is 1 unless every optimizer reaches
  * test accuracy >= A (the smoke test uses it).
@@ -434,11 +434,11 @@ static int write_svg(const char *path, const curve *curves, int epochs, int n_tr
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: digits [--epochs N] [--seed S] [--data PATH] [--out DIR] [--min-accuracy A]\n"
+            "usage: koala-digits [--epochs N] [--seed S] [--data PATH] [--out DIR] [--min-accuracy A]\n"
             "  --epochs N        training epochs, 1..1000 (default 30)\n"
             "  --seed S          seed of the initial weights and batch order (default 1)\n"
             "  --data PATH       digits CSV (default %s)\n"
-            "  --out DIR         where digits_curves.csv/.svg go (default .)\n"
+            "  --out DIR         where digits-loss.csv/.svg go (default .)\n"
             "  --min-accuracy A  exit 1 unless every optimizer reaches test accuracy >= A\n",
             DIGITS_DEFAULT_DATA);
 }
@@ -503,8 +503,8 @@ int main(int argc, char **argv) {
     }
 
     char csv_path[4096], svg_path[4096];
-    snprintf(csv_path, sizeof csv_path, "%s/digits_curves.csv", out_dir);
-    snprintf(svg_path, sizeof svg_path, "%s/digits_curves.svg", out_dir);
+    snprintf(csv_path, sizeof csv_path, "%s/digits-loss.csv", out_dir);
+    snprintf(svg_path, sizeof svg_path, "%s/digits-loss.svg", out_dir);
     if (write_csv(csv_path, curves, epochs) ||
         write_svg(svg_path, curves, epochs, train_set.n, test_set.n))
         return 1;
