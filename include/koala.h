@@ -189,7 +189,8 @@ KOALA_API koala_status koala_predict(koala_optimizer *opt, void *const *params, 
  * Device optimizers: the same check runs on the device; a non-finite step is
  * skipped there (nothing changes, koala_info.skipped_steps counts it) and
  * the call returns OK without synchronising.
- * Errors: INVALID_ARGUMENT, NOT_FINITE (host), BAD_STATE (no koala_predict
+ * Errors: INVALID_ARGUMENT (also a finite negative loss_var, which cannot
+ * be a mean of squares), NOT_FINITE (host), BAD_STATE (no koala_predict
  * since the last update), CUDA. */
 KOALA_API koala_status koala_update(koala_optimizer *opt, double loss, double loss_var,
                                     void *const *params, const void *const *grads,
