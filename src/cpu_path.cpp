@@ -32,7 +32,10 @@ constexpr size_t kLanes = 8;
 // baseline) and picked at load time: with baseline SSE2 the float64 norm
 // pass is compute-bound below memory bandwidth. No FMA is enabled, so both
 // clones round identically.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+// Not under GCC's ThreadSanitizer: its ifunc resolvers run instrumented code
+// before the TSan runtime starts, and the library crashes at load.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define KOALA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define KOALA_CPU_CLONES
@@ -218,6 +221,11 @@ koala_status host_init(koala_optimizer *opt) {
     try {
         HostPlan &plan = opt->plan;
         const size_t n = opt->sizes.size();
+        // Reserve first: a huge (valid) layout then fails here at once with
+        // OUT_OF_MEMORY instead of growing the plan until memory runs out.
+        size_t n_chunks = 0;
+        for (size_t t = 0; t < n; ++t) n_chunks += (opt->sizes[t] + kChunkElements - 1) / kChunkElements;
+        plan.chunks.reserve(n_chunks);
         for (size_t t = 0; t < n; ++t)
             for (size_t b = 0; b < opt->sizes[t]; b += kChunkElements)
                 plan.chunks.push_back(Chunk{t, b, std::min(kChunkElements, opt->sizes[t] - b)});
