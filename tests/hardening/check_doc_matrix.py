@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Keeps the bad-input matrix in doc/readme/hardening.md equal to what
+"""Keeps the bad-input matrix in README.md equal to what
 test_bad_inputs prints (`--markdown`), so the README cannot drift from the
 test table.
 
