@@ -363,3 +363,10 @@ unsigned char *save_state(const koala_optimizer *opt, size_t *size) {
     if (koala_state_save(opt, buf, *size, NULL) != KOALA_OK) abort();
     return buf;
 }
+
+const test_variant test_variants[N_TEST_VARIANTS] = {
+    {"V float64", KOALA_VANILLA, KOALA_FLOAT64},
+    {"V float32", KOALA_VANILLA, KOALA_FLOAT32},
+    {"M float64", KOALA_MOMENTUM, KOALA_FLOAT64},
+    {"M float32", KOALA_MOMENTUM, KOALA_FLOAT32},
+};

@@ -74,6 +74,15 @@ void step_fill(test_step *step, const test_layout *layout, uint64_t seed, unsign
                int skip_percent, int all_skipped);
 
 /* ---- buffers in the library's dtype -------------------------------------- */
+/* The four method x dtype combinations most tests run over. */
+typedef struct test_variant {
+    const char *name;
+    koala_method method;
+    koala_dtype dtype;
+} test_variant;
+enum { N_TEST_VARIANTS = 4 };
+extern const test_variant test_variants[N_TEST_VARIANTS];
+
 size_t dtype_bytes(koala_dtype dtype);
 void **buffers_alloc(const test_layout *layout, koala_dtype dtype);
 void buffers_free(void **buffers, const test_layout *layout);

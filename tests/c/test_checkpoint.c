@@ -27,19 +27,6 @@
 
 #include "harness.h"
 
-typedef struct variant {
-    const char *name;
-    koala_method method;
-    koala_dtype dtype;
-} variant;
-
-static variant variants[] = {
-    {"V float64", KOALA_VANILLA, KOALA_FLOAT64},
-    {"V float32", KOALA_VANILLA, KOALA_FLOAT32},
-    {"M float64", KOALA_MOMENTUM, KOALA_FLOAT64},
-    {"M float32", KOALA_MOMENTUM, KOALA_FLOAT32},
-};
-
 /* A config far from the defaults, so a load that forgot the config shows. */
 static void custom_config(koala_method method, koala_config *cfg) {
     koala_config_init(cfg, method);
@@ -60,7 +47,7 @@ static void custom_config(koala_method method, koala_config *cfg) {
 
 enum { SAVE_AFTER_UPDATE = 0, SAVE_AFTER_PREDICT = 1 };
 
-static void round_trip(const variant *v, int phase) {
+static void round_trip(const test_variant *v, int phase) {
     enum { K = 7, TOTAL = 20 };
     koala_config cfg;
     custom_config(v->method, &cfg);
@@ -142,7 +129,7 @@ static void test_round_trip_after_predict(void **state) {
 /* ---- corruption ------------------------------------------------------------ */
 
 /* An optimizer with some history, for a given layout. */
-static test_pair *trained(const variant *v, size_t n, const size_t *sizes, test_layout *layout,
+static test_pair *trained(const test_variant *v, size_t n, const size_t *sizes, test_layout *layout,
                           uint64_t seed) {
     koala_config cfg;
     custom_config(v->method, &cfg);
@@ -185,7 +172,7 @@ static void expect_rejected(koala_optimizer *target, const void *buf, size_t siz
 }
 
 static void test_byte_flips_and_truncation(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     const size_t sizes[] = {3, 5};
     test_layout src_layout, dst_layout;
     test_pair *src = trained(v, 2, sizes, &src_layout, 11);
@@ -221,20 +208,20 @@ static void test_byte_flips_and_truncation(void **state) {
 }
 
 static void test_other_method_dtype_layout(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     const size_t sizes[] = {3, 5};
     test_layout layout;
     test_pair *target = trained(v, 2, sizes, &layout, 21);
 
     /* Sources that differ in exactly one of method, dtype, layout. */
-    const variant other_method = {"", v->method == KOALA_VANILLA ? KOALA_MOMENTUM : KOALA_VANILLA,
+    const test_variant other_method = {"", v->method == KOALA_VANILLA ? KOALA_MOMENTUM : KOALA_VANILLA,
                                   v->dtype};
-    const variant other_dtype = {"", v->method,
+    const test_variant other_dtype = {"", v->method,
                                  v->dtype == KOALA_FLOAT32 ? KOALA_FLOAT64 : KOALA_FLOAT32};
     const size_t swapped[] = {5, 3}, longer[] = {3, 5, 1}, shorter[] = {3}, bigger[] = {3, 6};
     struct {
         const char *what;
-        const variant *v;
+        const test_variant *v;
         size_t n;
         const size_t *sizes;
     } sources[] = {
@@ -280,7 +267,7 @@ static void reseal(unsigned char *buf, size_t size) {
 }
 
 static void test_resealed_bad_fields(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     const size_t sizes[] = {3, 5};
     test_layout src_layout, dst_layout;
     test_pair *src = trained(v, 2, sizes, &src_layout, 31);
@@ -351,7 +338,7 @@ static void test_resealed_bad_fields(void **state) {
 }
 
 static void test_save_too_small(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     const size_t sizes[] = {3, 5};
     test_layout layout;
     test_pair *pair = trained(v, 2, sizes, &layout, 41);
@@ -376,7 +363,7 @@ static void test_save_too_small(void **state) {
 }
 
 int main(void) {
-    enum { N = sizeof variants / sizeof variants[0], KINDS = 6 };
+    enum { N = sizeof test_variants / sizeof test_variants[0], KINDS = 6 };
     struct CMUnitTest tests[KINDS * N];
     static char names[KINDS * N][80];
     const struct {
@@ -393,8 +380,8 @@ int main(void) {
     size_t t = 0;
     for (size_t k = 0; k < KINDS; ++k)
         for (size_t i = 0; i < N; ++i, ++t) {
-            struct CMUnitTest c = cmocka_unit_test_prestate(kinds[k].fn, &variants[i]);
-            snprintf(names[t], sizeof names[t], "%s, %s", kinds[k].name, variants[i].name);
+            struct CMUnitTest c = cmocka_unit_test_prestate(kinds[k].fn, (void *)&test_variants[i]);
+            snprintf(names[t], sizeof names[t], "%s, %s", kinds[k].name, test_variants[i].name);
             c.name = names[t];
             tests[t] = c;
         }

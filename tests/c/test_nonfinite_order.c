@@ -23,19 +23,6 @@
 
 #include "harness.h"
 
-typedef struct variant {
-    const char *name;
-    koala_method method;
-    koala_dtype dtype;
-} variant;
-
-static variant variants[] = {
-    {"V float64", KOALA_VANILLA, KOALA_FLOAT64},
-    {"V float32", KOALA_VANILLA, KOALA_FLOAT32},
-    {"M float64", KOALA_MOMENTUM, KOALA_FLOAT64},
-    {"M float32", KOALA_MOMENTUM, KOALA_FLOAT32},
-};
-
 /* Everything a failed call must leave alone. */
 typedef struct snapshot {
     unsigned char *state;
@@ -104,7 +91,7 @@ typedef struct poison {
 } poison;
 
 static void test_non_finite(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     koala_config cfg;
     koala_config_init(&cfg, v->method);
     cfg.weight_decay = 5e-4;
@@ -182,7 +169,7 @@ static void test_non_finite(void **state) {
 }
 
 static void test_call_order(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     koala_config cfg;
     koala_config_init(&cfg, v->method);
     const size_t sizes[] = {3, 70000};
@@ -237,17 +224,17 @@ static void test_call_order(void **state) {
 }
 
 int main(void) {
-    enum { N = sizeof variants / sizeof variants[0] };
+    enum { N = sizeof test_variants / sizeof test_variants[0] };
     struct CMUnitTest tests[2 * N];
     static char names[2 * N][64];
     for (size_t i = 0; i < N; ++i) {
-        struct CMUnitTest a = cmocka_unit_test_prestate(test_non_finite, &variants[i]);
+        struct CMUnitTest a = cmocka_unit_test_prestate(test_non_finite, (void *)&test_variants[i]);
         snprintf(names[i], sizeof names[i], "non-finite input changes nothing, %s",
-                 variants[i].name);
+                 test_variants[i].name);
         a.name = names[i];
         tests[i] = a;
-        struct CMUnitTest b = cmocka_unit_test_prestate(test_call_order, &variants[i]);
-        snprintf(names[N + i], sizeof names[N + i], "call order errors, %s", variants[i].name);
+        struct CMUnitTest b = cmocka_unit_test_prestate(test_call_order, (void *)&test_variants[i]);
+        snprintf(names[N + i], sizeof names[N + i], "call order errors, %s", test_variants[i].name);
         b.name = names[N + i];
         tests[N + i] = b;
     }

@@ -20,19 +20,6 @@
 
 #include "harness.h"
 
-typedef struct variant {
-    const char *name;
-    koala_method method;
-    koala_dtype dtype;
-} variant;
-
-static variant variants[] = {
-    {"V float64", KOALA_VANILLA, KOALA_FLOAT64},
-    {"V float32", KOALA_VANILLA, KOALA_FLOAT32},
-    {"M float64", KOALA_MOMENTUM, KOALA_FLOAT64},
-    {"M float32", KOALA_MOMENTUM, KOALA_FLOAT32},
-};
-
 static void make_config(koala_method method, koala_config *cfg) {
     koala_config_init(cfg, method);
     cfg->weight_decay = 5e-4; /* exercises the |x|^2 and g.x sums too */
@@ -51,7 +38,7 @@ static double __attribute__((noinline)) round_to_float(double v) {
     return (double)f;
 }
 
-static void update_ptr_case(const variant *v, koala_dtype loss_dtype) {
+static void update_ptr_case(const test_variant *v, koala_dtype loss_dtype) {
     koala_config cfg;
     make_config(v->method, &cfg);
     test_layout layout = layout_random(31, 12, 0);
@@ -101,7 +88,7 @@ static void update_ptr_case(const variant *v, koala_dtype loss_dtype) {
 }
 
 static void test_update_ptr(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     update_ptr_case(v, KOALA_FLOAT32);
     update_ptr_case(v, KOALA_FLOAT64);
 }
@@ -111,7 +98,7 @@ static void test_update_ptr(void **state) {
 /* Runs 12 steps on a layout that takes the OpenMP path (three tensors over
  * 32 Ki, 180k elements in all: 7 chunks) and returns the final parameters
  * and checkpoint. */
-static void run_with_threads(const variant *v, int threads, const test_layout *layout,
+static void run_with_threads(const test_variant *v, int threads, const test_layout *layout,
                              void ***params_out, unsigned char **state_out, size_t *state_size) {
     omp_set_num_threads(threads);
     assert_int_equal(omp_get_max_threads(), threads);
@@ -134,7 +121,7 @@ static void run_with_threads(const variant *v, int threads, const test_layout *l
 }
 
 static void test_thread_count_independent(void **state) {
-    const variant *v = *state;
+    const test_variant *v = *state;
     const size_t sizes[] = {7, 65537, 1, 40000, 74461, 3};
     test_layout layout = layout_make(6, sizes);
     const int saved = omp_get_max_threads();
@@ -161,17 +148,17 @@ static void test_thread_count_independent(void **state) {
 }
 
 int main(void) {
-    enum { N = sizeof variants / sizeof variants[0] };
+    enum { N = sizeof test_variants / sizeof test_variants[0] };
     struct CMUnitTest tests[2 * N];
     static char names[2 * N][64];
     for (size_t i = 0; i < N; ++i) {
-        struct CMUnitTest a = cmocka_unit_test_prestate(test_update_ptr, &variants[i]);
-        snprintf(names[i], sizeof names[i], "update_ptr equals update, %s", variants[i].name);
+        struct CMUnitTest a = cmocka_unit_test_prestate(test_update_ptr, (void *)&test_variants[i]);
+        snprintf(names[i], sizeof names[i], "update_ptr equals update, %s", test_variants[i].name);
         a.name = names[i];
         tests[i] = a;
-        struct CMUnitTest b = cmocka_unit_test_prestate(test_thread_count_independent, &variants[i]);
+        struct CMUnitTest b = cmocka_unit_test_prestate(test_thread_count_independent, (void *)&test_variants[i]);
         snprintf(names[N + i], sizeof names[N + i], "1, 2, 3 threads identical, %s",
-                 variants[i].name);
+                 test_variants[i].name);
         b.name = names[N + i];
         tests[N + i] = b;
     }
