@@ -1,5 +1,5 @@
 // Helpers shared by the libFuzzer harnesses: what "nothing changed" means
-// (an optimizer's checkpoint bytes and koala_info), the checkpoint checksum,
+// (an optimizer's checkpoint bytes and koala_info), resealing a checkpoint,
 // and a check that reports through abort() so libFuzzer records a crash.
 #pragma once
 #include <cmath>
@@ -9,6 +9,7 @@
 #include <cstring>
 #include <vector>
 
+#include "checkpoint.h"  // the library is compiled into the harness
 #include "koala.h"
 
 // The fuzzers create huge-but-valid layouts on purpose; an allocation that
@@ -42,30 +43,11 @@ inline std::vector<unsigned char> state_of(const koala_optimizer *opt) {
     return bytes;
 }
 
-// The checkpoint checksum of src/checkpoint.cpp (FNV-1a over little-endian
-// words, seeded with the length). Kept in step by the seed corpus: seeds are
-// real checkpoints, and a harness that reseals them must still load them.
-inline uint64_t checkpoint_checksum(const unsigned char *p, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull ^ n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-    }
-    if (i < n) {
-        uint64_t w = 0;
-        std::memcpy(&w, p + i, n - i);
-        h = (h ^ w) * 0x100000001b3ull;
-    }
-    return h ^ (h >> 29);
-}
-
 // Rewrites the last 8 bytes with the checksum of the rest, so mutations
 // reach the fields behind the checksum test.
 inline void reseal(std::vector<unsigned char> &buf) {
     if (buf.size() < 8) return;
-    const uint64_t sum = checkpoint_checksum(buf.data(), buf.size() - 8);
+    const uint64_t sum = koala::checkpoint_checksum(buf.data(), buf.size() - 8);
     std::memcpy(buf.data() + buf.size() - 8, &sum, 8);
 }
 

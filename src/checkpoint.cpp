@@ -20,25 +20,6 @@ constexpr size_t kFilterDoubles = 6;
 #error "libkoala's checkpoint code assumes a little-endian host"
 #endif
 
-// FNV-1a over little-endian 64-bit words (the tail zero-padded), seeded with
-// the length. Every word step is a bijection, so any single changed word
-// changes the sum; fast enough to run over gigabytes of state.
-uint64_t checksum(const unsigned char *p, size_t n) {
-    uint64_t h = 0xcbf29ce484222325ull ^ n;
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        uint64_t w;
-        std::memcpy(&w, p + i, 8);
-        h = (h ^ w) * 0x100000001b3ull;
-    }
-    if (i < n) {
-        uint64_t w = 0;
-        std::memcpy(&w, p + i, n - i);
-        h = (h ^ w) * 0x100000001b3ull;
-    }
-    return h ^ (h >> 29);
-}
-
 struct Writer {
     unsigned char *p;
     template <class T>
@@ -71,6 +52,25 @@ void config_doubles(const koala_config &c, double *d) {
 }
 
 }  // namespace
+
+// FNV-1a over little-endian 64-bit words (the tail zero-padded), seeded with
+// the length. Every word step is a bijection, so any single changed word
+// changes the sum; fast enough to run over gigabytes of state.
+uint64_t checkpoint_checksum(const unsigned char *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull ^ n;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        std::memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    if (i < n) {
+        uint64_t w = 0;
+        std::memcpy(&w, p + i, n - i);
+        h = (h ^ w) * 0x100000001b3ull;
+    }
+    return h ^ (h >> 29);
+}
 
 size_t checkpoint_size(const koala_optimizer *opt) {
     const size_t buffers = buffers_per_tensor(opt->cfg.method);
@@ -131,7 +131,7 @@ koala_status checkpoint_save(const koala_optimizer *opt, void *buf, size_t size,
             w.p += bytes;
         }
     }
-    w.put<uint64_t>(checksum(start, static_cast<size_t>(w.p - start)));
+    w.put<uint64_t>(checkpoint_checksum(start, static_cast<size_t>(w.p - start)));
     return KOALA_OK;
 }
 
@@ -144,7 +144,7 @@ koala_status checkpoint_load(koala_optimizer *opt, const void *buf, size_t size,
     // The checksum covers everything else, so check it before trusting any field.
     uint64_t stored;
     std::memcpy(&stored, start + size - 8, 8);
-    if (checksum(start, size - 8) != stored)
+    if (checkpoint_checksum(start, size - 8) != stored)
         return fail(KOALA_ERROR_BAD_STATE,
                     "%s: checksum mismatch: the checkpoint is corrupt or truncated (%zu bytes)",
                     what, size);

@@ -18,6 +18,10 @@
 namespace koala {
 
 size_t checkpoint_size(const koala_optimizer *opt);
+
+// The checksum stored in a checkpoint's last 8 bytes, over the bytes before
+// them (exposed for the fuzzers, which reseal mutated checkpoints).
+uint64_t checkpoint_checksum(const unsigned char *p, size_t n);
 koala_status checkpoint_save(const koala_optimizer *opt, void *buf, size_t size, void *stream);
 koala_status checkpoint_load(koala_optimizer *opt, const void *buf, size_t size, void *stream);
 
