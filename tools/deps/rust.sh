@@ -10,3 +10,8 @@ if ! command -v cargo >/dev/null 2>&1 && [ ! -x "${HOME:-/root}/.cargo/bin/cargo
   apt_install cargo
 fi
 apt_install bindgen
+# bindgen formats the bindings it generates with rustfmt when one is on PATH
+# (the freshness test ignores whitespace, so this is for readable output).
+if ! command -v rustfmt >/dev/null 2>&1 && [ ! -x "${HOME:-/root}/.cargo/bin/rustfmt" ]; then
+  apt_install rustfmt
+fi
