@@ -43,18 +43,6 @@ koala_status guarded(const char *what, F &&body) {
     }
 }
 
-// Enum arguments come from C callers, where any int is a valid koala_dtype
-// or koala_memory; in C++ reading an enum object whose value lies outside
-// its enumerators' range is undefined (UBSan: "load of value 9, which is not
-// a valid value for type 'koala_dtype'"). Read the bytes as an int instead.
-template <class E>
-int enum_value(const E &e) {
-    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
-    int v;
-    std::memcpy(&v, &e, sizeof v);
-    return v;
-}
-
 koala_status check_handle(const koala_optimizer *opt, const char *what) {
     if (!opt) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: opt is NULL", what);
     return KOALA_OK;
@@ -127,8 +115,8 @@ koala_status check_loss_var(double loss_var, const char *what, const char *name)
 }
 
 koala_status host_update(koala_optimizer *opt, double loss, double loss_var, void *const *params,
-                         const void *const *grads) {
-    const koala_status st = koala::host_update(opt, loss, loss_var, params, grads);
+                         const void *const *grads, const char *what) {
+    const koala_status st = koala::host_update(opt, loss, loss_var, params, grads, what);
     if (st != KOALA_OK) return st;
     opt->predicted = false;
     ++opt->steps;
@@ -158,9 +146,9 @@ KOALA_API koala_status koala_create(const koala_config *cfg, size_t n_tensors,
         if (st != KOALA_OK) return st;
         if (n_tensors == 0) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: n_tensors is 0", what);
         if (!sizes) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: sizes is NULL", what);
-        st = check_dtype(enum_value(dtype), what, "dtype");
+        st = check_dtype(koala::enum_value(dtype), what, "dtype");
         if (st != KOALA_OK) return st;
-        const int memory_value = enum_value(memory);
+        const int memory_value = koala::enum_value(memory);
         if (memory_value != KOALA_HOST && memory_value != KOALA_DEVICE)
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: memory is %d; expected KOALA_HOST (1) or KOALA_DEVICE (2)", what,
@@ -265,7 +253,7 @@ KOALA_API koala_status koala_update(koala_optimizer *opt, double loss, double lo
         if (opt->device)
             return device_update(opt, loss, loss_var, nullptr, nullptr, KOALA_FLOAT64, params,
                                  grads, stream);
-        return host_update(opt, loss, loss_var, params, grads);
+        return host_update(opt, loss, loss_var, params, grads, what);
     });
 }
 
@@ -279,7 +267,7 @@ KOALA_API koala_status koala_update_ptr(koala_optimizer *opt, const void *loss,
         if (st != KOALA_OK) return st;
         if (!loss) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss is NULL", what);
         if (!loss_var) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss_var is NULL", what);
-        st = check_dtype(enum_value(loss_dtype), what, "loss_dtype");
+        st = check_dtype(koala::enum_value(loss_dtype), what, "loss_dtype");
         if (st != KOALA_OK) return st;
         if (opt->device)
             return device_update(opt, 0.0, 0.0, loss, loss_var, loss_dtype, params, grads, stream);
@@ -293,14 +281,7 @@ KOALA_API koala_status koala_update_ptr(koala_optimizer *opt, const void *loss,
         }
         st = check_loss_var(v, what, "*loss_var");
         if (st != KOALA_OK) return st;
-        st = host_update(opt, l, v, params, grads);
-        // The host path words its message for koala_update; name this entry.
-        if (st == KOALA_ERROR_NOT_FINITE)
-            return fail(st,
-                        "%s: *loss (%g), *loss_var (%g) or a gradient norm is not finite; "
-                        "nothing was changed",
-                        what, l, v);
-        return st;
+        return host_update(opt, l, v, params, grads, what);
     });
 }
 

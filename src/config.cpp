@@ -11,7 +11,7 @@ extern "C" KOALA_API void koala_config_init(koala_config *cfg, koala_method meth
     cfg->struct_size = sizeof *cfg;
     // Stored as given, even an unknown value (koala_create rejects it); copied
     // as bytes because a C caller's out-of-range enum may not be read as one
-    // in C++ (see method_value).
+    // in C++ (see enum_value in config.h).
     std::memcpy(&cfg->method, &method, sizeof method);
     // The official code's class defaults (ALGORITHM.md §8).
     cfg->lr = 1.0;
@@ -34,20 +34,10 @@ namespace {
 
 bool finite(double v) { return std::isfinite(v); }
 
-// cfg->method as an int: a C caller may store any int there, and in C++
-// reading an enum whose value is outside its enumerators' range is undefined
-// (UBSan flags it), so the bytes are read instead.
-int method_value(const koala_config &c) {
-    static_assert(sizeof c.method == sizeof(int), "C enums are int-sized");
-    int v;
-    std::memcpy(&v, &c.method, sizeof v);
-    return v;
-}
-
 }  // namespace
 
 koala_status check_config_values(const koala_config &c, const char *what, koala_status st) {
-    const int method = method_value(c);
+    const int method = enum_value(c.method);
     if (method != KOALA_VANILLA && method != KOALA_MOMENTUM)
         return fail(st, "%s: cfg->method is %d; expected KOALA_VANILLA (1) or KOALA_MOMENTUM (2)",
                     what, method);

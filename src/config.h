@@ -1,8 +1,22 @@
 // Reference defaults and validation of koala_config.
 #pragma once
+#include <cstring>
+
 #include "koala.h"
 
 namespace koala {
+
+// An enum argument as an int. A C caller may pass any int where koala.h
+// names an enum; in C++ reading an enum object whose value lies outside its
+// enumerators' range is undefined (UBSan: "load of value 9, which is not a
+// valid value for type 'koala_dtype'"), so the bytes are read instead.
+template <class E>
+int enum_value(const E &e) {
+    static_assert(sizeof(E) == sizeof(int), "C enums are int-sized");
+    int v;
+    std::memcpy(&v, &e, sizeof v);
+    return v;
+}
 
 // Copies the caller's config (whatever its struct_size) into *out and checks
 // every field the method uses. `what` names the calling function in

@@ -145,7 +145,7 @@ void predict_typed(koala_optimizer *opt, void *const *params) {
 
 template <class T>
 koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
-                          void *const *params, const void *const *grads) {
+                          void *const *params, const void *const *grads, const char *what) {
     HostPlan &plan = opt->plan;
     const Chunk *chunks = plan.chunks.data();
     const long n_chunks = static_cast<long>(plan.chunks.size());
@@ -181,9 +181,9 @@ koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
     if (update_scalars(next, opt->cfg, loss, loss_var, plan.block_sums.data(), has_grad,
                        n_tensors, plan.block_coef.data()) == kNotFinite) {
         return fail(KOALA_ERROR_NOT_FINITE,
-                    "koala_update: loss (%g), loss_var (%g) or a gradient norm is not finite; "
+                    "%s: loss (%g), loss_var (%g) or a gradient norm is not finite; "
                     "nothing was changed",
-                    loss, loss_var);
+                    what, loss, loss_var);
     }
 
     // Pass 2: apply the step to active tensors. It walks the chunks from the
@@ -282,9 +282,10 @@ void host_predict(koala_optimizer *opt, void *const *params) {
 }
 
 koala_status host_update(koala_optimizer *opt, double loss, double loss_var,
-                         void *const *params, const void *const *grads) {
-    if (opt->dtype == KOALA_FLOAT32) return update_typed<float>(opt, loss, loss_var, params, grads);
-    return update_typed<double>(opt, loss, loss_var, params, grads);
+                         void *const *params, const void *const *grads, const char *what) {
+    if (opt->dtype == KOALA_FLOAT32)
+        return update_typed<float>(opt, loss, loss_var, params, grads, what);
+    return update_typed<double>(opt, loss, loss_var, params, grads, what);
 }
 
 }  // namespace koala

@@ -11,9 +11,9 @@ void host_release(koala_optimizer *opt);
 
 void host_predict(koala_optimizer *opt, void *const *params);
 
-// Arguments are already validated. NOT_FINITE (message set) leaves
-// everything unchanged.
+// Arguments are already validated. NOT_FINITE (message set, naming `what`,
+// the calling entry) leaves everything unchanged.
 koala_status host_update(koala_optimizer *opt, double loss, double loss_var,
-                         void *const *params, const void *const *grads);
+                         void *const *params, const void *const *grads, const char *what);
 
 }  // namespace koala
