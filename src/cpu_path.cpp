@@ -4,288 +4,297 @@
 #include <cstring>
 #include <new>
 
-#include "element_math.h"
+#include "cpu_kernels.h"
 #include "error.h"
+#include "filter.h"
+#include "numeric.h"
+#include "thread_pool.h"
 
 namespace koala {
 
 namespace {
 
-// 32 Ki elements: big enough to amortise scheduling, small enough to balance
-// a ResNet layout over a few threads.
-constexpr size_t kChunkElements = size_t(1) << 15;
 // Below this many elements a step is too small to be worth waking threads.
 constexpr size_t kParallelThreshold = size_t(1) << 16;
 constexpr size_t kBufferAlign = 64;
 
 size_t round_up(size_t n, size_t to) { return (n + to - 1) / to * to; }
 
-// Block sums are accumulated in kLanes independent lanes: lane j takes the
-// elements i with i % kLanes == j, in order, and the lanes are added in lane
-// order at the end. That order does not depend on the vector width the
-// compiler picks, so SSE2 and AVX2 code give the same bits, and the lanes
-// break the add-latency chain that otherwise limits a float64 reduction to
-// a fraction of memory speed.
-constexpr size_t kLanes = 8;
-
-// The chunk kernels are compiled twice on x86-64 Linux with GCC (AVX2 and
-// baseline) and picked at load time: with baseline SSE2 the float64 norm
-// pass is compute-bound below memory bandwidth. No FMA is enabled, so both
-// clones round identically.
-// Not under GCC's ThreadSanitizer: its ifunc resolvers run instrumented code
-// before the TSan runtime starts, and the library crashes at load.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    !defined(__SANITIZE_THREAD__)
-#define KOALA_CPU_CLONES __attribute__((target_clones("avx2", "default")))
-#else
-#define KOALA_CPU_CLONES
-#endif
-#define KOALA_ALWAYS_INLINE inline __attribute__((always_inline))
-
-template <class T>
-KOALA_ALWAYS_INLINE void chunk_norms_impl(const T *g, const T *x, size_t n, double wd,
-                                          bool with_x, BlockSums &out) {
-    double gg[kLanes] = {}, hh[kLanes] = {}, xx[kLanes] = {};
-    const size_t body = n - n % kLanes;
-    if (with_x) {
-        for (size_t i = 0; i < body; i += kLanes) {
-#pragma omp simd
-            for (size_t j = 0; j < kLanes; ++j)
-                accumulate_norms(g[i + j], x[i + j], wd, gg[j], hh[j], xx[j]);
-        }
-        for (size_t i = body; i < n; ++i)
-            accumulate_norms(g[i], x[i], wd, gg[i - body], hh[i - body], xx[i - body]);
-    } else {
-        for (size_t i = 0; i < body; i += kLanes) {
-#pragma omp simd
-            for (size_t j = 0; j < kLanes; ++j) accumulate_gg(g[i + j], gg[j]);
-        }
-        for (size_t i = body; i < n; ++i) accumulate_gg(g[i], gg[i - body]);
-    }
-    BlockSums sums{0.0, 0.0, 0.0};
-    for (size_t j = 0; j < kLanes; ++j) {
-        sums.gg += gg[j];
-        sums.hh += hh[j];
-        sums.xx += xx[j];
-    }
-    if (!with_x) sums.hh = sums.gg;
-    out = sums;
+int threads_for(const koala_optimizer *opt) {
+    const size_t n_chunks = opt->plan.chunks.size();
+    if (opt->layout.local_elements < kParallelThreshold || n_chunks < 2) return 1;
+    return n_chunks < static_cast<size_t>(opt->threads) ? static_cast<int>(n_chunks)
+                                                        : opt->threads;
 }
 
-template <class T>
-KOALA_ALWAYS_INLINE void chunk_vanilla_impl(T *x, const T *g, size_t n, T c) {
-#pragma omp simd
-    for (size_t i = 0; i < n; ++i) x[i] = vanilla_step(x[i], g[i], c);
-}
-
-template <class T>
-KOALA_ALWAYS_INLINE double chunk_momentum_predict_impl(T *x, T *v, const T *xbar, size_t n, T a) {
-    double d2[kLanes] = {};
-    const size_t body = n - n % kLanes;
-    for (size_t i = 0; i < body; i += kLanes) {
-#pragma omp simd
-        for (size_t j = 0; j < kLanes; ++j)
-            momentum_predict(x[i + j], v[i + j], xbar[i + j], a, d2[j]);
-    }
-    for (size_t i = body; i < n; ++i) momentum_predict(x[i], v[i], xbar[i], a, d2[i - body]);
-    double sum = 0.0;
-    for (size_t j = 0; j < kLanes; ++j) sum += d2[j];
-    return sum;
-}
-
-template <class T>
-KOALA_ALWAYS_INLINE void chunk_momentum_impl(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1,
-                                             T k2) {
-#pragma omp simd
-    for (size_t i = 0; i < n; ++i) momentum_step(x[i], v[i], xbar[i], g[i], wd, k1, k2);
-}
-
-// One cloned entry point per kernel and type (target_clones does not apply
-// to templates).
-#define KOALA_CPU_KERNELS(T)                                                                   \
-    KOALA_CPU_CLONES void chunk_norms(const T *g, const T *x, size_t n, double wd, bool with_x, \
-                                      BlockSums &out) {                                        \
-        chunk_norms_impl(g, x, n, wd, with_x, out);                                            \
-    }                                                                                          \
-    KOALA_CPU_CLONES void chunk_vanilla(T *x, const T *g, size_t n, T c) {                     \
-        chunk_vanilla_impl(x, g, n, c);                                                        \
-    }                                                                                          \
-    KOALA_CPU_CLONES double chunk_momentum_predict(T *x, T *v, const T *xbar, size_t n, T a) { \
-        return chunk_momentum_predict_impl(x, v, xbar, n, a);                                  \
-    }                                                                                          \
-    KOALA_CPU_CLONES void chunk_momentum(T *x, T *v, T *xbar, const T *g, size_t n, T wd, T k1, \
-                                         T k2) {                                               \
-        chunk_momentum_impl(x, v, xbar, g, n, wd, k1, k2);                                     \
-    }
-KOALA_CPU_KERNELS(float)
-KOALA_CPU_KERNELS(double)
-#undef KOALA_CPU_KERNELS
-
-template <class T>
-void predict_typed(koala_optimizer *opt, void *const *params) {
-    HostPlan &plan = opt->plan;
-    const Chunk *chunks = plan.chunks.data();
-    const long n_chunks = static_cast<long>(plan.chunks.size());
-    BlockSums *partial = plan.chunk_sums.data();
-    const T a = static_cast<T>(opt->cfg.a);
-    void *const *velocity = opt->buffers.velocity.data();
-    void *const *xbar = opt->buffers.xbar.data();
-#pragma omp parallel for schedule(static) if (opt->total_elements >= kParallelThreshold)
-    for (long k = 0; k < n_chunks; ++k) {
-        const Chunk ch = chunks[k];
-        T *x = static_cast<T *>(params[ch.tensor]) + ch.begin;
-        T *v = static_cast<T *>(velocity[ch.tensor]) + ch.begin;
-        const T *xb = static_cast<const T *>(xbar[ch.tensor]) + ch.begin;
-        partial[k].gg = chunk_momentum_predict(x, v, xb, ch.count, a);
-    }
-    double d2 = 0.0;
-    for (long k = 0; k < n_chunks; ++k) d2 += partial[k].gg;
-    momentum_predict_scalars(opt->filter, opt->cfg, d2, static_cast<double>(opt->total_elements));
-}
-
-template <class T>
-koala_status update_typed(koala_optimizer *opt, double loss, double loss_var,
-                          void *const *params, const void *const *grads, const char *what) {
-    HostPlan &plan = opt->plan;
-    const Chunk *chunks = plan.chunks.data();
-    const long n_chunks = static_cast<long>(plan.chunks.size());
-    const size_t n_tensors = opt->sizes.size();
-    const double wd = opt->cfg.weight_decay;
-    const bool with_x = wd != 0.0;
-    const bool parallel = opt->total_elements >= kParallelThreshold;
-
-    for (size_t i = 0; i < n_tensors; ++i) plan.has_grad[i] = grads[i] != nullptr;
-    const unsigned char *has_grad = plan.has_grad.data();
-    BlockSums *partial = plan.chunk_sums.data();
-
-    // Pass 1: per-chunk norms of every tensor that has a gradient.
-#pragma omp parallel for schedule(static) if (parallel)
-    for (long k = 0; k < n_chunks; ++k) {
-        const Chunk ch = chunks[k];
-        if (!has_grad[ch.tensor]) continue;
-        const T *g = static_cast<const T *>(grads[ch.tensor]) + ch.begin;
-        const T *x = static_cast<const T *>(params[ch.tensor]) + ch.begin;
-        chunk_norms(g, x, ch.count, wd, with_x, partial[k]);
-    }
-    // Chunk order is tensor order: reduce each tensor's chunks in sequence.
-    for (size_t i = 0; i < n_tensors; ++i) plan.block_sums[i] = BlockSums{0.0, 0.0, 0.0};
-    for (long k = 0; k < n_chunks; ++k) {
-        const size_t t = chunks[k].tensor;
-        if (!has_grad[t]) continue;
-        plan.block_sums[t].gg += partial[k].gg;
-        plan.block_sums[t].hh += partial[k].hh;
-        plan.block_sums[t].xx += partial[k].xx;
-    }
-
-    FilterState next = opt->filter;
-    if (update_scalars(next, opt->cfg, loss, loss_var, plan.block_sums.data(), has_grad,
-                       n_tensors, plan.block_coef.data()) == kNotFinite) {
-        return fail(KOALA_ERROR_NOT_FINITE,
-                    "%s: loss (%g), loss_var (%g) or a gradient norm is not finite; "
-                    "nothing was changed",
-                    what, loss, loss_var);
-    }
-
-    // Pass 2: apply the step to active tensors. It walks the chunks from the
-    // last to the first: pass 1 ended at the last chunks, whose g and x are
-    // still in the last-level cache, so they are not read from memory again.
-    // Each element's update is independent, so the order changes no result.
-    const BlockCoef *coef = plan.block_coef.data();
-    const bool momentum = opt->cfg.method == KOALA_MOMENTUM;
-    void *const *velocity = opt->buffers.velocity.data();
-    void *const *xbar = opt->buffers.xbar.data();
-    const T wd_t = static_cast<T>(wd);
-#pragma omp parallel for schedule(static) if (parallel)
-    for (long k = 0; k < n_chunks; ++k) {
-        const Chunk ch = chunks[n_chunks - 1 - k];
-        const BlockCoef c = coef[ch.tensor];
-        if (!c.active) continue;
-        T *x = static_cast<T *>(params[ch.tensor]) + ch.begin;
-        const T *g = static_cast<const T *>(grads[ch.tensor]) + ch.begin;
-        if (momentum) {
-            T *v = static_cast<T *>(velocity[ch.tensor]) + ch.begin;
-            T *xb = static_cast<T *>(xbar[ch.tensor]) + ch.begin;
-            chunk_momentum(x, v, xb, g, ch.count, wd_t, static_cast<T>(c.cx),
-                           static_cast<T>(c.cv));
+// Runs chunk(k) for every chunk: part p of P takes the contiguous range
+// [p n / P, (p+1) n / P), forward, or backward when `reverse` (the range's
+// last chunks are the ones pass 1 left in this core's caches).
+template <class F>
+void for_chunks(const koala_optimizer *opt, bool reverse, const F &chunk) {
+    const long n = static_cast<long>(opt->plan.chunks.size());
+    run_parts(threads_for(opt), [&](int p, int parts) {
+        const long begin = n * p / parts, end = n * (p + 1) / parts;
+        if (reverse) {
+            for (long k = end - 1; k >= begin; --k) chunk(static_cast<size_t>(k));
         } else {
-            chunk_vanilla(x, g, ch.count, static_cast<T>(c.cx));
+            for (long k = begin; k < end; ++k) chunk(static_cast<size_t>(k));
         }
+    });
+}
+
+size_t elem_bytes(const koala_optimizer *opt) { return dtype_bytes(opt->dtype); }
+size_t state_bytes(const koala_optimizer *opt) { return dtype_bytes(state_dtype(opt->dtype)); }
+
+// The ChunkArgs of chunk k (gradient pointer from `grads`, may be null).
+ChunkArgs chunk_args(const koala_optimizer *opt, size_t k, void *const *params,
+                     const void *const *grads, uint32_t noise_step) {
+    const Chunk &ch = opt->plan.chunks[k];
+    const size_t t = ch.tensor, n = opt->layout.n_tensors();
+    ChunkArgs c{};
+    c.x = params ? static_cast<char *>(params[t]) + ch.begin * elem_bytes(opt) : nullptr;
+    c.g = grads && grads[t] ? static_cast<const char *>(grads[t]) + ch.begin * elem_bytes(opt)
+                            : nullptr;
+    if (buffers_per_tensor(opt->cfg.method) == 2) {
+        c.s0 = static_cast<char *>(opt->state.buffers[t]) + ch.begin * state_bytes(opt);
+        c.s1 = static_cast<char *>(opt->state.buffers[n + t]) + ch.begin * state_bytes(opt);
     }
-    opt->filter = next;
-    return KOALA_OK;
+    c.n = ch.count;
+    c.wd = opt->plan.tensor_wd[opt->layout.global_index[t]];
+    c.first = ch.begin;
+    c.noise = opt->cfg.stochastic_rounding ? noise_key(opt->cfg.seed, noise_step, t) : 0u;
+    return c;
+}
+
+// The per-tensor filter scalar that the kernels read (KOALA-M's flag,
+// KOALA++'s first-visit flag) of local tensor t.
+int kernel_flag(const koala_optimizer *opt, size_t t) {
+    const size_t per = tensor_scalars_per_tensor(opt->cfg);
+    const double *ts = opt->state.scalars + kHeaderDoubles + opt->layout.global_index[t] * per;
+    if (opt->cfg.method == KOALA_MOMENTUM) return static_cast<int>(ts[0]);
+    if (opt->cfg.method == KOALA_PLUSPLUS) return ts[1] == 0.0 ? 1 : 0;
+    return 0;
+}
+
+StepConstants step_constants(const koala_optimizer *opt) {
+    return StepConstants{opt->cfg.q, opt->cfg.sigma, opt->cfg.a, opt->cfg.fused_predict,
+                         opt->cfg.stochastic_rounding};
+}
+
+// Noise streams: updates and predicts of the same step draw different bits.
+uint32_t update_noise_step(const koala_optimizer *opt) {
+    return static_cast<uint32_t>(2 * static_cast<uint64_t>(header(opt).steps));
 }
 
 }  // namespace
 
 koala_status host_init(koala_optimizer *opt) {
+    const char *what = "koala_create";
     try {
         HostPlan &plan = opt->plan;
-        const size_t n = opt->sizes.size();
+        const Layout &L = opt->layout;
+        const size_t n = L.n_tensors();
         // Reserve first: a huge (valid) layout then fails here at once with
         // OUT_OF_MEMORY instead of growing the plan until memory runs out.
         size_t n_chunks = 0;
-        for (size_t t = 0; t < n; ++t) n_chunks += (opt->sizes[t] + kChunkElements - 1) / kChunkElements;
+        for (size_t t = 0; t < n; ++t) n_chunks += (L.sizes[t] + kChunkElements - 1) / kChunkElements;
         plan.chunks.reserve(n_chunks);
         for (size_t t = 0; t < n; ++t)
-            for (size_t b = 0; b < opt->sizes[t]; b += kChunkElements)
-                plan.chunks.push_back(Chunk{t, b, std::min(kChunkElements, opt->sizes[t] - b)});
-        plan.chunk_sums.assign(plan.chunks.size(), BlockSums{0.0, 0.0, 0.0});
-        plan.block_sums.assign(n, BlockSums{0.0, 0.0, 0.0});
-        plan.block_coef.assign(n, BlockCoef{0.0, 0.0, 0});
-        plan.has_grad.assign(n, 0);
+            for (size_t b = 0; b < L.sizes[t]; b += kChunkElements)
+                plan.chunks.push_back(Chunk{t, b, std::min(kChunkElements, L.sizes[t] - b)});
+        plan.chunk_sums.assign(n_chunks * sums_per_tensor(opt->cfg.method), 0.0);
+        plan.chunk_d2.assign(n_chunks, 0.0);
+        plan.sums.assign(sums_count(opt->cfg.method, L.n_global), 0.0);
+        plan.coef.assign(L.n_global, Coef{});
 
+        if (opt->cfg.caller_state) return KOALA_OK;
+        opt->own.scalars.assign(scalar_count(opt), 0.0);
+        *reinterpret_cast<ScalarHeader *>(opt->own.scalars.data()) = initial_header(opt->cfg);
+        opt->state.scalars = opt->own.scalars.data();
         const size_t per_tensor = buffers_per_tensor(opt->cfg.method);
-        if (per_tensor > 0) {
-            const size_t elem = dtype_size(opt->dtype);
-            size_t bytes = 0;
-            for (size_t t = 0; t < n; ++t) bytes += round_up(opt->sizes[t] * elem, kBufferAlign);
-            // calloc: zeroed pages come lazily from the kernel for big buffers.
-            void *storage = std::calloc(per_tensor * bytes + kBufferAlign, 1);
-            if (!storage) {
-                return fail(KOALA_ERROR_OUT_OF_MEMORY,
-                            "koala_create: cannot allocate %zu bytes of optimizer state",
-                            per_tensor * bytes);
-            }
-            opt->buffers.storage = storage;
-            char *base = reinterpret_cast<char *>(
-                round_up(reinterpret_cast<uintptr_t>(storage), kBufferAlign));
-            opt->buffers.velocity.resize(n);
-            opt->buffers.xbar.resize(n);
+        opt->state.buffers.assign(per_tensor * n, nullptr);
+        if (per_tensor == 0 || n == 0) return KOALA_OK;
+        size_t bytes = 0;
+        for (size_t t = 0; t < n; ++t) bytes += round_up(L.sizes[t] * state_bytes(opt), kBufferAlign);
+        // calloc: zeroed pages come lazily from the kernel for big buffers.
+        void *storage = std::calloc(per_tensor * bytes + kBufferAlign, 1);
+        if (!storage)
+            return fail(KOALA_ERROR_OUT_OF_MEMORY,
+                        "%s: cannot allocate %zu bytes of optimizer state", what,
+                        per_tensor * bytes);
+        opt->own.buffers = storage;
+        char *base = reinterpret_cast<char *>(
+            round_up(reinterpret_cast<uintptr_t>(storage), kBufferAlign));
+        for (size_t b = 0; b < per_tensor; ++b)
             for (size_t t = 0; t < n; ++t) {
-                opt->buffers.velocity[t] = base;
-                base += round_up(opt->sizes[t] * elem, kBufferAlign);
+                opt->state.buffers[b * n + t] = base;
+                base += round_up(L.sizes[t] * state_bytes(opt), kBufferAlign);
             }
-            for (size_t t = 0; t < n; ++t) {
-                opt->buffers.xbar[t] = base;
-                base += round_up(opt->sizes[t] * elem, kBufferAlign);
-            }
-        }
     } catch (const std::bad_alloc &) {
-        return fail(KOALA_ERROR_OUT_OF_MEMORY, "koala_create: out of host memory for the plan");
+        return fail(KOALA_ERROR_OUT_OF_MEMORY, "%s: out of host memory for the plan", what);
     }
     return KOALA_OK;
 }
 
 void host_release(koala_optimizer *opt) {
-    std::free(opt->buffers.storage);
-    opt->buffers.storage = nullptr;
+    std::free(opt->own.buffers);
+    opt->own.buffers = nullptr;
 }
 
 void host_predict(koala_optimizer *opt, void *const *params) {
+    ScalarHeader &h = header(opt);
     if (opt->cfg.method == KOALA_VANILLA) {
-        vanilla_predict(opt->filter, opt->cfg);
-    } else if (opt->dtype == KOALA_FLOAT32) {
-        predict_typed<float>(opt, params);
+        vanilla::predict(h, opt->cfg);
+        return;
+    }
+    if (opt->cfg.method != KOALA_MOMENTUM) return;  // KOALA++: nothing to predict
+    const CpuKernels &kern = cpu_kernels(opt->cfg.method, opt->dtype);
+    const StepConstants k = step_constants(opt);
+    const uint32_t noise_step = update_noise_step(opt) + 1;
+    double *chunk_d2 = opt->plan.chunk_d2.data();
+    for_chunks(opt, false, [&](size_t c) {
+        ChunkArgs a = chunk_args(opt, c, params, nullptr, noise_step);
+        a.flag = kernel_flag(opt, opt->plan.chunks[c].tensor);
+        chunk_d2[c] = kern.predict(a, k);
+    });
+    double d2 = h.pending_d2;
+    for (size_t c = 0; c < opt->plan.chunks.size(); ++c) d2 += chunk_d2[c];
+    double *flags = tensor_scalars(opt);
+    for (size_t j = 0; j < opt->layout.n_global; ++j)
+        flags[j] = momentum::flag_after_predict(flags[j]);
+    if (opt->layout.sharded) {
+        h.pending_d2 = d2;  // summed over processes with the next update's sums
     } else {
-        predict_typed<double>(opt, params);
+        momentum::predict(h, opt->cfg, d2, static_cast<double>(opt->layout.global_elements));
+        h.pending_d2 = 0.0;
     }
 }
 
-koala_status host_update(koala_optimizer *opt, double loss, double loss_var,
-                         void *const *params, const void *const *grads, const char *what) {
-    if (opt->dtype == KOALA_FLOAT32)
-        return update_typed<float>(opt, loss, loss_var, params, grads, what);
-    return update_typed<double>(opt, loss, loss_var, params, grads, what);
+void host_partial_sums(koala_optimizer *opt, void *const *params, const void *const *grads,
+                       double *sums) {
+    const Layout &L = opt->layout;
+    const size_t K = sums_per_tensor(opt->cfg.method), stride = sums_stride(opt->cfg.method);
+    const CpuKernels &kern = cpu_kernels(opt->cfg.method, opt->dtype);
+    double *chunk_sums = opt->plan.chunk_sums.data();
+    for_chunks(opt, false, [&](size_t c) {
+        const size_t t = opt->plan.chunks[c].tensor;
+        if (!grads[t]) return;
+        ChunkArgs a = chunk_args(opt, c, params, grads, 0);
+        a.flag = kernel_flag(opt, t);
+        kern.sums(a, chunk_sums + c * K);
+    });
+    std::memset(sums, 0, sums_count(opt->cfg.method, L.n_global) * sizeof(double));
+    // Chunk order is tensor order: each tensor's chunks add up in sequence.
+    for (size_t t = 0; t < L.n_tensors(); ++t)
+        sums[L.global_index[t] * stride] += grads[t] ? 1.0 : kNoGrad;
+    for (size_t c = 0; c < opt->plan.chunks.size(); ++c) {
+        const size_t t = opt->plan.chunks[c].tensor;
+        if (!grads[t]) continue;
+        double *slot = sums + L.global_index[t] * stride + 1;
+        for (size_t k = 0; k < K; ++k) slot[k] += chunk_sums[c * K + k];
+    }
+    double *trailer = sums + L.n_global * stride;
+    trailer[0] = static_cast<double>(L.local_elements);
+    trailer[1] = header(opt).pending_d2;
+}
+
+koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
+                         void *const *params, const void *const *grads, const double *sums,
+                         const char *what) {
+    const Layout &L = opt->layout;
+    UpdateContext u{};
+    u.cfg = opt->cfg;
+    u.loss = loss;
+    u.loss_var = loss_var;
+    u.sums = sums;
+    u.n_global = L.n_global;
+    u.global_elements = static_cast<double>(L.global_elements);
+    u.sharded = L.sharded ? 1 : 0;
+    u.tensor_lr = opt->tensor_lr.empty() ? nullptr : opt->tensor_lr.data();
+    u.tensor_wd = opt->plan.tensor_wd.data();
+    ScalarHeader next;
+    size_t bad = 0;
+    Coef *coef = opt->plan.coef.data();
+    switch (filter_update(header(opt), u, tensor_scalars(opt), next, coef, &bad)) {
+        case kOk: break;
+        case kNotFinite:
+            return fail(KOALA_ERROR_NOT_FINITE,
+                        "%s: loss (%g), loss_var (%g) or a gradient norm is not finite; "
+                        "nothing was changed",
+                        what, loss, loss_var);
+        case kBadElements:
+            return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                        "%s: the processes' tensors hold %.0f elements in all, "
+                        "shard->global_elements is %llu (every element of the model must sit "
+                        "on exactly one process); nothing was changed",
+                        what, sums[L.n_global * sums_stride(opt->cfg.method)],
+                        static_cast<unsigned long long>(L.global_elements));
+        case kBadPresence:
+            return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                        "%s: global tensor %zu has a gradient on some of its pieces and NULL on "
+                        "others, or no piece on any process (the gradients' NULL pattern must be "
+                        "the same on every process); nothing was changed",
+                        what, bad);
+    }
+
+    const CpuKernels &kern = cpu_kernels(opt->cfg.method, opt->dtype);
+    const StepConstants k = step_constants(opt);
+    const uint32_t noise_step = update_noise_step(opt);
+    double *chunk_d2 = opt->plan.chunk_d2.data();
+    for_chunks(opt, true, [&](size_t c) {
+        const size_t t = opt->plan.chunks[c].tensor;
+        const Coef &cf = coef[L.global_index[t]];
+        chunk_d2[c] = 0.0;
+        if (!(cf.flags & kActive)) return;
+        ChunkArgs a = chunk_args(opt, c, params, grads, noise_step);
+        chunk_d2[c] = kern.step(a, cf, k);
+    });
+
+    // Commit.
+    const size_t per = tensor_scalars_per_tensor(opt->cfg);
+    double *ts = tensor_scalars(opt);
+    for (size_t j = 0; j < L.n_global; ++j)
+        for (size_t s = 0; s < per; ++s) ts[j * per + s] = coef[j].tensor_scalars[s];
+    if (opt->cfg.method == KOALA_MOMENTUM) {
+        // What the next predict adds to: the updated tensors' |xbar - x|^2.
+        next.pending_d2 = 0.0;
+        for (size_t c = 0; c < opt->plan.chunks.size(); ++c) next.pending_d2 += chunk_d2[c];
+    }
+    next.steps = header(opt).steps + 1.0;
+    header(opt) = next;
+    return KOALA_OK;
+}
+
+namespace {
+
+template <class T>
+void posterior_typed(const koala_optimizer *opt, void *const *params, void *const *out) {
+    using C = typename Elem<T>::compute;
+    const Layout &L = opt->layout;
+    const size_t n = L.n_tensors();
+    for (size_t t = 0; t < n; ++t) {
+        const T *x = static_cast<const T *>(params[t]);
+        T *y = static_cast<T *>(out[t]);
+        const bool ahead = opt->cfg.method == KOALA_MOMENTUM && kernel_flag(opt, t) == momentum::kAhead;
+        if (!ahead) {
+            std::memcpy(y, x, L.sizes[t] * sizeof(T));
+            continue;
+        }
+        const C *v = static_cast<const C *>(opt->state.buffers[t]);
+        for (size_t i = 0; i < L.sizes[t]; ++i)
+            y[i] = Elem<T>::store(Elem<T>::load(x[i]) - v[i], 0u, false);
+    }
+}
+
+}  // namespace
+
+void host_posterior(const koala_optimizer *opt, void *const *params, void *const *out) {
+    switch (opt->dtype) {
+        case KOALA_FLOAT32: posterior_typed<float>(opt, params, out); break;
+        case KOALA_FLOAT64: posterior_typed<double>(opt, params, out); break;
+        case KOALA_BFLOAT16: posterior_typed<bf16>(opt, params, out); break;
+        default: posterior_typed<fp16>(opt, params, out); break;
+    }
 }
 
 }  // namespace koala

@@ -4,37 +4,35 @@
 #include <cstdint>
 #include <vector>
 
-#include "kalman.h"
-#include "koala.h"
+#include "layout.h"
+#include "method.h"
+#include "scalars.h"
 
 namespace koala {
 
-// A contiguous run of one tensor's elements: the unit of parallel work on
-// the CPU. Chunk boundaries depend only on the layout, never on the thread
-// count, so per-chunk partial sums reduced in chunk order give the same bits
-// with any number of threads.
-struct Chunk {
-    size_t tensor;
-    size_t begin;
-    size_t count;
+// Where the optimizer's state is: library-owned (host: `Storage` below;
+// device: the plugin's memory) or the caller's (koala_bind_state).
+struct StateRef {
+    std::vector<void *> buffers;  // [b * n_tensors + i]: buffer b of tensor i
+    double *scalars = nullptr;    // ScalarHeader, then the per-tensor filter scalars
 };
 
-// Scratch the CPU step needs, allocated once at create so a step never
-// allocates.
+// Library-owned host state: the buffers in one zeroed allocation, the
+// scalar block in a vector.
+struct Storage {
+    void *buffers = nullptr;
+    std::vector<double> scalars;
+};
+
+// Scratch the CPU step needs, allocated once at create so that a step
+// never allocates.
 struct HostPlan {
     std::vector<Chunk> chunks;
-    std::vector<BlockSums> chunk_sums;   // one per chunk
-    std::vector<BlockSums> block_sums;   // one per tensor
-    std::vector<BlockCoef> block_coef;   // one per tensor
-    std::vector<unsigned char> has_grad; // one per tensor
-};
-
-// KOALA-M's per-tensor buffers on the host: velocity and slow weight average,
-// carved out of one zeroed allocation.
-struct HostBuffers {
-    void *storage = nullptr;
-    std::vector<void *> velocity;
-    std::vector<void *> xbar;
+    std::vector<double> chunk_sums;  // chunks x sums_per_tensor
+    std::vector<double> chunk_d2;    // KOALA-M: per-chunk |xbar - x|^2
+    std::vector<double> sums;        // the sums buffer of koala_update (sums.h)
+    std::vector<Coef> coef;          // per global tensor
+    std::vector<double> tensor_wd;   // per global tensor: the weight decay in use
 };
 
 }  // namespace koala
@@ -43,26 +41,43 @@ struct koala_optimizer {
     koala_config cfg;
     koala_dtype dtype;
     koala_memory memory;
-    std::vector<size_t> sizes;
-    size_t total_elements;
+    koala::Layout layout;
+    int threads;  // HOST: resolved koala_config::threads
 
-    uint64_t steps;      // completed updates
-    bool predicted;      // true between koala_predict and koala_update
+    // Per global tensor hyper-parameters (empty = not set).
+    std::vector<double> tensor_lr;
+    std::vector<double> tensor_wd;
 
-    // Host optimizers: the filter scalars, buffers and scratch.
-    koala::FilterState filter;
-    koala::HostBuffers buffers;
-    koala::HostPlan plan;
+    koala::StateRef state;  // host: where the state is (own storage or the caller's)
+    bool bound;             // caller_state: koala_bind_state was called
+    koala::Storage own;     // host, library-owned
+    koala::HostPlan plan;   // host
 
-    // Device optimizers: the CUDA plugin's handle (filter state on the device).
+    // Device optimizers: the CUDA plugin's handle, and the host's record of
+    // what library-owned device state cannot tell without a synchronisation.
     void *device;
+    int device_phase;
+    uint64_t device_steps;
 };
 
 namespace koala {
 
-inline size_t dtype_size(koala_dtype dtype) { return dtype == KOALA_FLOAT64 ? 8 : 4; }
+// Per-tensor state buffers the method keeps (0 for KOALA-V, 2 otherwise).
+inline size_t buffers_per_tensor(koala_method method) {
+    return method == KOALA_VANILLA ? 0 : 2;
+}
 
-// Per-tensor state buffers the method keeps (0 for KOALA-V, 2 for KOALA-M).
-inline size_t buffers_per_tensor(koala_method method) { return method == KOALA_MOMENTUM ? 2 : 0; }
+// Doubles of the scalar block: the header and the per-tensor filter scalars.
+inline size_t scalar_count(const koala_optimizer *opt) {
+    return kHeaderDoubles + opt->layout.n_global * tensor_scalars_per_tensor(opt->cfg);
+}
+
+inline ScalarHeader &header(koala_optimizer *opt) {
+    return *reinterpret_cast<ScalarHeader *>(opt->state.scalars);
+}
+inline const ScalarHeader &header(const koala_optimizer *opt) {
+    return *reinterpret_cast<const ScalarHeader *>(opt->state.scalars);
+}
+inline double *tensor_scalars(koala_optimizer *opt) { return opt->state.scalars + kHeaderDoubles; }
 
 }  // namespace koala

@@ -665,6 +665,7 @@ static const char *status_name(koala_status s) {
     case KOALA_ERROR_UNSUPPORTED: return "UNSUPPORTED";
     case KOALA_ERROR_CUDA: return "CUDA";
     case KOALA_ERROR_BAD_STATE: return "BAD_STATE";
+    case KOALA_ERROR_COMMUNICATION: return "COMMUNICATION";
     }
     return "?";
 }

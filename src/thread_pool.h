@@ -1,0 +1,37 @@
+// The CPU path's worker threads: one process-wide pool whose workers sleep
+// on a condition variable between jobs (they never spin), so that several
+// processes sharing the cores, or an idle optimizer, cost nothing.
+#pragma once
+
+namespace koala {
+
+// The thread count a host optimizer uses when koala_config::threads is 0:
+// KOALA_NUM_THREADS if set to a positive number, else the number of CPUs
+// this process may run on.
+int default_threads();
+
+// Calls part(p, parts) for p in [0, parts) with parts <= threads, part 0 on
+// the calling thread, the others on pool workers, and returns when all are
+// done. A caller that finds the pool busy (another thread's optimizer is
+// stepping) runs every part itself, in order. `part` must not throw.
+class PartFn {
+public:
+    virtual void operator()(int part, int parts) const = 0;
+
+protected:
+    ~PartFn() = default;
+};
+void run_parts(int threads, const PartFn &part);
+
+// run_parts for a lambda.
+template <class F>
+void run_parts(int threads, const F &f) {
+    struct Adapter final : PartFn {
+        const F &f;
+        explicit Adapter(const F &fn) : f(fn) {}
+        void operator()(int part, int parts) const override { f(part, parts); }
+    } adapter(f);
+    run_parts(threads, static_cast<const PartFn &>(adapter));
+}
+
+}  // namespace koala
