@@ -4,11 +4,19 @@
 // core builds with -ffp-contract=off, so every variant rounds exactly as the
 // shared element math says, as the CUDA kernels do.
 //
-// Sums are accumulated in kLanes independent float64 lanes: lane j takes the
-// elements i with i % kLanes == j, in order, and the lanes are added in lane
-// order at the end. That order does not depend on the vector width, so all
-// variants give the same bits, and the lanes break the add-latency chain
-// that otherwise limits a float64 reduction to a fraction of memory speed.
+// Sums (pass 1, and KOALA-M's |xbar - x|^2) are accumulated in kLanes
+// logical lanes: lane j takes the elements i with i % kLanes == j, in order,
+// first into an accumulator of the element's compute type over a block of
+// kBlockRows rows, then the block into a float64 lane total; the totals are
+// added in lane order at the end. That order depends on neither the vector
+// width nor the thread count, so every build and run gives the same bits.
+// float32 (and 16-bit) data accumulate in float32 over blocks of
+// kBlockRows * kLanes = 512 elements: a float32 pass runs at memory speed
+// where float64 conversions would make it compute-bound, and the relative
+// error of a 32-term float32 sum (~1e-6 at worst) is far inside what a
+// float32 run agrees with the float64 reference to. A block whose float32
+// sum overflows is redone in float64, so no finite input gives a non-finite
+// sum. float64 data accumulate in float64 throughout.
 #include <type_traits>
 
 #include "cpu_kernels.h"
@@ -24,12 +32,11 @@ namespace KOALA_CPU_ISA {
 
 namespace {
 
-constexpr size_t kLanes = 8;
+constexpr size_t kLanes = 16;
+constexpr size_t kBlockRows = 32;
 
 template <class T>
 using Compute = typename Elem<T>::compute;
-template <class T>
-using State = typename Elem<T>::state;
 template <class T>
 constexpr bool is_half = sizeof(T) == 2;
 
@@ -44,51 +51,107 @@ inline T st(Compute<T> v, const ChunkArgs &c, size_t i, bool stochastic) {
     return Elem<T>::store(v, stochastic ? noise_bits(c.noise, c.first + i) : 0u, stochastic);
 }
 
-// Runs body(i, lane) over [0, n) with lane = i % kLanes, the lanes of one
-// row vectorisable.
-template <class Body>
-inline __attribute__((always_inline)) void over_lanes(size_t n, Body body) {
-    const size_t rows = n - n % kLanes;
-    for (size_t i = 0; i < rows; i += kLanes) {
-#pragma omp simd
-        for (size_t j = 0; j < kLanes; ++j) body(i + j, j);
-    }
-    for (size_t i = rows; i < n; ++i) body(i, i - rows);
+template <size_t K, class A>
+inline bool all_finite(const A (&acc)[K][kLanes]) {
+    A s = 0;
+    for (size_t k = 0; k < K; ++k)
+        for (size_t j = 0; j < kLanes; ++j) s += acc[k][j] * A(0);
+    return s == A(0);  // 0 * Inf and 0 * NaN are NaN
 }
 
-template <size_t K>
-inline void add_lanes(const double (&acc)[K][kLanes], double *out) {
+// Sums K terms per element over [0, n): terms(i, t) writes element i's K
+// terms into t (and may update the element: pass 2 of KOALA-M does). A is
+// the block accumulator type (see the file comment); the K results, in
+// float64, go to out. `redo` (float32 blocks only) recomputes a block's
+// terms in float64 when its float32 sum is not finite; it must be the same
+// terms without side effects, and is never called for data that a pass
+// writes (KOALA-M's d2 terms are bounded by its finite float32 operands).
+template <class A, size_t K, class Terms, class Redo>
+inline __attribute__((always_inline)) void sum_blocked(size_t n, double *out, Terms terms,
+                                                       Redo redo) {
+    double total[K][kLanes] = {};
+    const size_t rows = n / kLanes;
+    for (size_t r0 = 0; r0 <= rows; r0 += kBlockRows) {
+        const size_t r1 = r0 + kBlockRows < rows ? r0 + kBlockRows : rows;
+        A acc[K][kLanes] = {};
+        for (size_t r = r0; r < r1; ++r) {
+#pragma omp simd
+            for (size_t j = 0; j < kLanes; ++j) {
+                A t[K];
+                terms(r * kLanes + j, t);
+                for (size_t k = 0; k < K; ++k) acc[k][j] += t[k];
+            }
+        }
+        // The ragged end after the last full row, into the low lanes.
+        if (r1 == rows)
+            for (size_t i = rows * kLanes; i < n; ++i) {
+                A t[K];
+                terms(i, t);
+                for (size_t k = 0; k < K; ++k) acc[k][i - rows * kLanes] += t[k];
+            }
+        if (std::is_same<A, float>::value && !all_finite(acc)) {
+            const size_t end = r1 == rows ? n : r1 * kLanes;
+            for (size_t i = r0 * kLanes; i < end; ++i) {
+                double t[K] = {};
+                redo(i, t);
+                for (size_t k = 0; k < K; ++k) total[k][i % kLanes] += t[k];
+            }
+        } else {
+            for (size_t k = 0; k < K; ++k)
+                for (size_t j = 0; j < kLanes; ++j) total[k][j] += static_cast<double>(acc[k][j]);
+        }
+        if (r1 == rows) break;
+    }
     for (size_t k = 0; k < K; ++k) {
         double s = 0.0;
-        for (size_t j = 0; j < kLanes; ++j) s += acc[k][j];
+        for (size_t j = 0; j < kLanes; ++j) s += total[k][j];
         out[k] = s;
     }
 }
+
+// For passes whose terms have side effects: no float64 redo is possible
+// (nor needed, see sum_blocked).
+struct NoRedo {
+    template <size_t K>
+    void operator()(size_t, double (&)[K]) const {}
+};
 
 // ---- KOALA-V and KOALA-M: g.g, g.x, x.x --------------------------------
 
 template <class T>
 void kalman_sums(const ChunkArgs &c, double *out) {
+    using A = Compute<T>;
+    constexpr size_t K = kalman::kSums;
     const T *g = static_cast<const T *>(c.g);
     const T *x = static_cast<const T *>(c.x);
-    double acc[kalman::kSums][kLanes] = {};
     if (c.wd != 0.0) {
-        over_lanes(c.n, [&](size_t i, size_t j) {
-            double s[kalman::kSums] = {acc[0][j], acc[1][j], acc[2][j]};
-            kalman::accumulate_gx(static_cast<double>(ld(g[i])), static_cast<double>(ld(x[i])),
-                                  s);
-            acc[0][j] = s[0];
-            acc[1][j] = s[1];
-            acc[2][j] = s[2];
-        });
+        sum_blocked<A, K>(
+            c.n, out,
+            [&](size_t i, A (&t)[K]) {
+                t[0] = t[1] = t[2] = A(0);
+                kalman::accumulate_gx(ld(g[i]), ld(x[i]), t);
+            },
+            [&](size_t i, double (&t)[K]) {
+                t[0] = t[1] = t[2] = 0.0;
+                kalman::accumulate_gx(static_cast<double>(ld(g[i])),
+                                      static_cast<double>(ld(x[i])), t);
+            });
     } else {
-        over_lanes(c.n, [&](size_t i, size_t j) {
-            double s[kalman::kSums] = {acc[0][j], 0.0, 0.0};
-            kalman::accumulate_g(static_cast<double>(ld(g[i])), s);
-            acc[0][j] = s[0];
-        });
+        // Without weight decay x is not read; g.x and x.x stay 0.
+        sum_blocked<A, 1>(
+            c.n, out,
+            [&](size_t i, A (&t)[1]) {
+                A s3[K] = {A(0), A(0), A(0)};
+                kalman::accumulate_g(ld(g[i]), s3);
+                t[0] = s3[0];
+            },
+            [&](size_t i, double (&t)[1]) {
+                double s3[K] = {0.0, 0.0, 0.0};
+                kalman::accumulate_g(static_cast<double>(ld(g[i])), s3);
+                t[0] = s3[0];
+            });
+        out[1] = out[2] = 0.0;
     }
-    add_lanes(acc, out);
 }
 
 template <class T>
@@ -107,6 +170,24 @@ double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k
     return 0.0;
 }
 
+// The per-tensor branches of the element functions (KOALA-M's flag and
+// fused mode, KOALA++'s first visit) are uniform over a chunk: each is made a
+// compile-time constant here, so the element loops have no control flow
+// left and vectorise.
+template <class F>
+inline double with_flag(int flag, F f) {
+    switch (flag) {
+        case momentum::kAhead: return f(std::integral_constant<int, momentum::kAhead>{});
+        case momentum::kAheadStale: return f(std::integral_constant<int, momentum::kAheadStale>{});
+        case momentum::kCounted: return f(std::integral_constant<int, momentum::kCounted>{});
+        default: return f(std::integral_constant<int, momentum::kPlain>{});
+    }
+}
+template <class F>
+inline double with_bool(bool b, F f) {
+    return b ? f(std::true_type{}) : f(std::false_type{});
+}
+
 template <class T>
 double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
     using C = Compute<T>;
@@ -114,23 +195,24 @@ double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
     C *v = static_cast<C *>(c.s0);
     const C *xbar = static_cast<const C *>(c.s1);
     const C a = static_cast<C>(k.a);
-    const int flag = c.flag;
-    double acc[1][kLanes] = {};
-    if constexpr (is_half<T>) {
-        const bool sr = k.stochastic != 0;
-        for (size_t i = 0; i < c.n; ++i) {
-            C xi = ld(x[i]);
-            momentum::predict_element(flag, xi, v[i], xbar[i], a, acc[0][i % kLanes]);
-            x[i] = st<T>(xi, c, i, sr);
-        }
-    } else {
-        over_lanes(c.n, [&](size_t i, size_t j) {
-            momentum::predict_element(flag, x[i], v[i], xbar[i], a, acc[0][j]);
-        });
-    }
-    double d2;
-    add_lanes(acc, &d2);
-    return d2;
+    const bool sr = k.stochastic != 0;
+    return with_flag(c.flag, [&](auto flag) {
+        double d2;
+        sum_blocked<C, 1>(
+            c.n, &d2,
+            [&](size_t i, C (&t)[1]) {
+                t[0] = C(0);
+                if constexpr (is_half<T>) {
+                    C xi = ld(x[i]);
+                    momentum::predict_element(flag.value, xi, v[i], xbar[i], a, t[0]);
+                    x[i] = st<T>(xi, c, i, sr);
+                } else {
+                    momentum::predict_element(flag.value, x[i], v[i], xbar[i], a, t[0]);
+                }
+            },
+            NoRedo{});
+        return d2;
+    });
 }
 
 template <class T>
@@ -142,24 +224,25 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
     C *xbar = static_cast<C *>(c.s1);
     const C wd = static_cast<C>(c.wd), k1 = static_cast<C>(coef.c[0]),
             k2 = static_cast<C>(coef.c[1]), decay = static_cast<C>(coef.c[2]);
-    const bool fused = k.fused != 0;
-    double acc[1][kLanes] = {};
-    if constexpr (is_half<T>) {
-        const bool sr = k.stochastic != 0;
-        for (size_t i = 0; i < c.n; ++i) {
-            C xi = ld(x[i]);
-            momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, fused,
-                           acc[0][i % kLanes]);
-            x[i] = st<T>(xi, c, i, sr);
-        }
-    } else {
-        over_lanes(c.n, [&](size_t i, size_t j) {
-            momentum::step(x[i], v[i], xbar[i], g[i], wd, k1, k2, decay, fused, acc[0][j]);
-        });
-    }
-    double d2;
-    add_lanes(acc, &d2);
-    return d2;
+    const bool sr = k.stochastic != 0;
+    return with_bool(k.fused != 0, [&](auto fused) {
+        double d2;
+        sum_blocked<C, 1>(
+            c.n, &d2,
+            [&](size_t i, C (&t)[1]) {
+                t[0] = C(0);
+                if constexpr (is_half<T>) {
+                    C xi = ld(x[i]);
+                    momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, fused.value,
+                                   t[0]);
+                    x[i] = st<T>(xi, c, i, sr);
+                } else {
+                    momentum::step(x[i], v[i], xbar[i], g[i], wd, k1, k2, decay, fused.value, t[0]);
+                }
+            },
+            NoRedo{});
+        return d2;
+    });
 }
 
 // ---- KOALA++ ------------------------------------------------------------
@@ -167,20 +250,22 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
 template <class T, bool kFirst, bool kWithX>
 void plusplus_sums_impl(const ChunkArgs &c, double *out) {
     using C = Compute<T>;
+    constexpr size_t K = plusplus::kSums;
     const T *g = static_cast<const T *>(c.g);
     const T *x = static_cast<const T *>(c.x);
     const C *vp = static_cast<const C *>(c.s0);
     const C *Hp = static_cast<const C *>(c.s1);
     const C wd = static_cast<C>(c.wd);
-    double acc[plusplus::kSums][kLanes] = {};
-    over_lanes(c.n, [&](size_t i, size_t j) {
-        double s[plusplus::kSums];
-        for (int k = 0; k < plusplus::kSums; ++k) s[k] = acc[k][j];
+    // Element i's terms, accumulated in A.
+    auto terms = [&](size_t i, auto &t) {
+        using A = std::remove_reference_t<decltype(t[0])>;
+        for (size_t k = 0; k < K; ++k) t[k] = A(0);
         plusplus::accumulate(ld(g[i]), kWithX ? ld(x[i]) : C(0), kFirst ? C(0) : Hp[i],
-                             kFirst ? C(0) : vp[i], wd, kFirst, s);
-        for (int k = 0; k < plusplus::kSums; ++k) acc[k][j] = s[k];
-    });
-    add_lanes(acc, out);
+                             kFirst ? C(0) : vp[i], wd, kFirst, t);
+    };
+    sum_blocked<C, K>(
+        c.n, out, [&](size_t i, C (&t)[K]) { terms(i, t); },
+        [&](size_t i, double (&t)[K]) { terms(i, t); });
 }
 
 template <class T>
@@ -205,20 +290,23 @@ double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
             lambda = static_cast<C>(coef.c[1]), w = static_cast<C>(coef.c[2]),
             cc = static_cast<C>(coef.c[3]), q = static_cast<C>(k.q),
             sigma0 = static_cast<C>(k.sigma0);
-    const bool first = (coef.flags & kFirstVisit) != 0;
-    if constexpr (is_half<T>) {
-        const bool sr = k.stochastic != 0;
-        for (size_t i = 0; i < c.n; ++i) {
-            C xi = ld(x[i]);
-            plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0, first);
-            x[i] = st<T>(xi, c, i, sr);
-        }
-    } else {
+    const bool sr = k.stochastic != 0;
+    return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) {
+        if constexpr (is_half<T>) {
+            for (size_t i = 0; i < c.n; ++i) {
+                C xi = ld(x[i]);
+                plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0,
+                               first.value);
+                x[i] = st<T>(xi, c, i, sr);
+            }
+        } else {
 #pragma omp simd
-        for (size_t i = 0; i < c.n; ++i)
-            plusplus::step(x[i], v[i], H[i], g[i], wd, a1, lambda, w, cc, q, sigma0, first);
-    }
-    return 0.0;
+            for (size_t i = 0; i < c.n; ++i)
+                plusplus::step(x[i], v[i], H[i], g[i], wd, a1, lambda, w, cc, q, sigma0,
+                               first.value);
+        }
+        return 0.0;
+    });
 }
 
 double no_predict(const ChunkArgs &, const StepConstants &) { return 0.0; }
