@@ -177,9 +177,11 @@ typedef struct koala_config {
     /* ---- since 1.1 (a 1.0 caller's struct ends above; these take the defaults) ---- */
     int threads;              /**< HOST: CPU threads for this optimizer's passes; 0 (default)
                                    = the environment variable KOALA_NUM_THREADS if set, else
-                                   the CPUs this process may run on (sched_getaffinity).
-                                   Idle workers sleep; they never spin. Results do not depend
-                                   on the thread count. */
+                                   OMP_NUM_THREADS if set, else the CPUs this process may run
+                                   on (sched_getaffinity). Idle workers sleep; they never spin,
+                                   and a worker the OS schedules late is not waited for. With
+                                   several processes per node (MPI, DDP) give each one its
+                                   share of the cores. Results do not depend on the count. */
     int stochastic_rounding;  /**< BFLOAT16/FLOAT16: 0 (default) rounds updated parameters to
                                    nearest-even; 1 rounds them stochastically, reproducibly
                                    from `seed`, the step count and the element's position */

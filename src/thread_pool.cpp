@@ -3,44 +3,57 @@
 #include <pthread.h>
 #include <sched.h>
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
 #include <thread>
-#include <vector>
 
 namespace koala {
 
 namespace {
 
+// One job at a time: its parts are claimed from `next` by the calling
+// thread and by whichever workers wake up in time. A worker that the OS
+// schedules late (several processes sharing the cores) finds every part
+// claimed and goes back to sleep, so nobody waits for a descheduled thread.
 struct Pool {
     std::mutex busy;  // held by the thread whose job is running
     std::mutex m;
     std::condition_variable work, done;
-    int workers = 0;           // worker ids are 1..workers
+    int workers = 0;           // worker threads started so far
     unsigned long generation = 0;
     const PartFn *job = nullptr;
     int parts = 0;
-    int pending = 0;           // parts still running on workers
+    std::atomic<int> next{0};  // the next unclaimed part
+    int finished = 0;          // parts done (under m)
 };
 
 // Leaked on purpose: workers block in it until the process ends, and
 // libkoala is linked with -z nodelete so its code outlives any dlclose.
 Pool *pool = new Pool;
 
-void worker(Pool *p, int id) {
+// Claims and runs parts of the current job until none is left; returns how
+// many it ran.
+int run_claimed(Pool *p, const PartFn &job, int parts) {
+    int ran = 0;
+    for (int k; (k = p->next.fetch_add(1, std::memory_order_relaxed)) < parts; ++ran) job(k, parts);
+    return ran;
+}
+
+void worker(Pool *p) {
     unsigned long seen = 0;
     std::unique_lock<std::mutex> lock(p->m);
     for (;;) {
-        p->work.wait(lock, [&] { return p->generation != seen; });
+        p->work.wait(lock, [&] { return p->generation != seen && p->job != nullptr; });
         seen = p->generation;
-        if (id >= p->parts) continue;  // not needed for this job
         const PartFn *job = p->job;
         const int parts = p->parts;
         lock.unlock();
-        (*job)(id, parts);
+        const int ran = run_claimed(p, *job, parts);
         lock.lock();
-        if (--p->pending == 0) p->done.notify_one();
+        p->finished += ran;
+        if (ran > 0 && p->finished == p->parts) p->done.notify_one();
     }
 }
 
@@ -49,14 +62,23 @@ void worker(Pool *p, int id) {
 void reset_in_child() { pool = new Pool; }
 const int registered = pthread_atfork(nullptr, nullptr, reset_in_child);
 
+int positive_env(const char *name) {
+    const char *env = std::getenv(name);
+    if (!env) return 0;
+    char *end = nullptr;
+    const long n = std::strtol(env, &end, 10);
+    if (end == env || n <= 0) return 0;
+    return n > 1024 ? 1024 : static_cast<int>(n);
+}
+
 }  // namespace
 
 int default_threads() {
     (void)registered;
-    if (const char *env = std::getenv("KOALA_NUM_THREADS")) {
-        const long n = std::strtol(env, nullptr, 10);
-        if (n > 0) return n > 1024 ? 1024 : static_cast<int>(n);
-    }
+    // OMP_NUM_THREADS is the convention every numerical library honours, and
+    // what launchers set per process (torchrun sets it to 1).
+    if (int n = positive_env("KOALA_NUM_THREADS")) return n;
+    if (int n = positive_env("OMP_NUM_THREADS")) return n;
     cpu_set_t set;
     if (sched_getaffinity(0, sizeof set, &set) == 0) {
         const int n = CPU_COUNT(&set);
@@ -76,21 +98,22 @@ void run_parts(int threads, const PartFn &part) {
     {
         std::lock_guard<std::mutex> lock(p->m);
         try {
-            for (; p->workers < threads - 1; ++p->workers)
-                std::thread(worker, p, p->workers + 1).detach();
+            for (; p->workers < threads - 1; ++p->workers) std::thread(worker, p).detach();
         } catch (...) {
-            // No more threads to be had: run with the workers there are.
+            // No more threads to be had: the parts still all run (claimed by
+            // this thread and the workers there are).
         }
-        threads = p->workers + 1 < threads ? p->workers + 1 : threads;
         p->job = &part;
         p->parts = threads;
-        p->pending = threads - 1;
+        p->next.store(0, std::memory_order_relaxed);
+        p->finished = 0;
         ++p->generation;
     }
-    if (threads > 1) p->work.notify_all();
-    part(0, threads);
+    p->work.notify_all();
+    const int ran = run_claimed(p, part, threads);
     std::unique_lock<std::mutex> lock(p->m);
-    p->done.wait(lock, [&] { return p->pending == 0; });
+    p->finished += ran;
+    p->done.wait(lock, [&] { return p->finished == p->parts; });
     p->job = nullptr;
 }
 

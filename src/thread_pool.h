@@ -6,13 +6,14 @@
 namespace koala {
 
 // The thread count a host optimizer uses when koala_config::threads is 0:
-// KOALA_NUM_THREADS if set to a positive number, else the number of CPUs
-// this process may run on.
+// KOALA_NUM_THREADS if set to a positive number, else OMP_NUM_THREADS if
+// set, else the number of CPUs this process may run on.
 int default_threads();
 
-// Calls part(p, parts) for p in [0, parts) with parts <= threads, part 0 on
-// the calling thread, the others on pool workers, and returns when all are
-// done. A caller that finds the pool busy (another thread's optimizer is
+// Calls part(p, parts) once for every p in [0, parts), parts = threads (or 1),
+// on the calling thread and the pool's workers, and returns when all are
+// done. Which thread runs which part is not fixed; results must not depend
+// on it. A caller that finds the pool busy (another thread's optimizer is
 // stepping) runs every part itself, in order. `part` must not throw.
 class PartFn {
 public:
