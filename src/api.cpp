@@ -92,7 +92,7 @@ koala_status check_step(const koala_optimizer *opt, void *const *params,
     koala_status st = check_handle(opt, what);
     if (st == KOALA_OK) st = check_stream(opt, stream, what);
     if (st == KOALA_OK) st = check_params(opt, params, what);
-    if (st == KOALA_OK) st = check_grads(grads, what);
+    if (st == KOALA_OK) st = check_grads(opt, grads, what);
     if (st == KOALA_OK) st = check_bound(opt, what);
     if (st == KOALA_OK) st = check_phase(opt, allowed, what);
     return st;
