@@ -8,7 +8,8 @@
  * hold none of some tensors; one scenario leaves a process with no tensor at
  * all, n_tensors = 0), each process's pieces in a random local order. One
  * unsharded optimizer (koala_create) runs the whole tensors next to them on
- * the same data. Every step, the pieces are compared with the whole:
+ * the same data, with per-tensor lr multipliers and weight decays set (per
+ * global tensor). Every step, the pieces are compared with the whole:
  *   - the union of the pieces equals the whole tensors within 1e-12 (f64;
  *     the only difference is the order in which the per-tensor sums add up),
  *   - koala_get_info is bit-identical on every process (the filter runs on
@@ -454,6 +455,23 @@ static void run_scenario(void **state) {
     group_layout(&g, &layout, s->n_procs, s->empty_last, s->seed);
     if (s->empty_last) assert_int_equal(g.p[s->n_procs - 1].n, 0);
     group_create(&g, &cfg, s->dtype, whole.params);
+    /* Per-tensor lr multipliers and weight decays (one per GLOBAL tensor,
+     * the same on every process), from the first step on. */
+    double *tlr = malloc(layout.n * sizeof *tlr), *twd = malloc(layout.n * sizeof *twd);
+    test_rng hr;
+    rng_seed(&hr, s->seed + 1);
+    for (size_t j = 0; j < layout.n; ++j) {
+        tlr[j] = rng_range(&hr, 0.2, 1.5);
+        twd[j] = rng_range(&hr, 0.0, 2.0 * s->weight_decay);
+    }
+    assert_int_equal(koala_set_tensor_lr(whole.opt, tlr, NULL), KOALA_OK);
+    assert_int_equal(koala_set_tensor_weight_decay(whole.opt, twd, NULL), KOALA_OK);
+    for (int r = 0; r < g.n_procs; ++r) {
+        assert_int_equal(koala_set_tensor_lr(g.p[r].opt, tlr, NULL), KOALA_OK);
+        assert_int_equal(koala_set_tensor_weight_decay(g.p[r].opt, twd, NULL), KOALA_OK);
+    }
+    free(tlr);
+    free(twd);
     test_step step;
     step_alloc(&step, &layout);
 
@@ -738,7 +756,8 @@ static scenario scenarios[] = {
     {"++ f64 2 processes, two-phase, wd", KOALA_PLUSPLUS, KOALA_FLOAT64, 2, 0, 1, 24, 122, 5e-4, TOL64},
     {"++ f64 3 processes, wd", KOALA_PLUSPLUS, KOALA_FLOAT64, 3, 0, 0, 24, 123, 0.01, TOL64},
     {"++ f64 4 processes, one empty", KOALA_PLUSPLUS, KOALA_FLOAT64, 4, 1, 1, 24, 124, 0.0, TOL64},
-    {"++ f32 2 processes, wd", KOALA_PLUSPLUS, KOALA_FLOAT32, 2, 1, 0, 20, 125, 5e-4, TOL32},
+    {"++ f32 2 processes, wd", KOALA_PLUSPLUS, KOALA_FLOAT32, 2, 0, 0, 20, 125, 5e-4, TOL32},
+    {"++ f32 3 processes, one empty, two-phase", KOALA_PLUSPLUS, KOALA_FLOAT32, 3, 1, 1, 20, 126, 5e-4, TOL32},
 };
 
 int main(void) {
