@@ -148,8 +148,12 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
         const bool sr = k.stochastic != 0;
         for (size_t i = 0; i < c.n; ++i) {
             C xi = ld(x[i]);
-            momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, fused,
+            momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, false,
                            acc[0][i % kLanes]);
+            // Fused: the default mode stores the posterior in T and its
+            // predict adds v to that, so round the posterior first (one
+            // rounding of x + v would be a different trajectory).
+            if (fused) xi = ld(st<T>(xi, c, i, sr)) + v[i];
             x[i] = st<T>(xi, c, i, sr);
         }
     } else {
