@@ -62,7 +62,12 @@ ChunkArgs chunk_args(const koala_optimizer *opt, size_t k, void *const *params,
     c.n = ch.count;
     c.wd = opt->plan.tensor_wd[opt->layout.global_index[t]];
     c.first = ch.begin;
-    c.noise = opt->cfg.stochastic_rounding ? noise_key(opt->cfg.seed, noise_step, t) : 0u;
+    if (opt->cfg.stochastic_rounding) {
+        c.noise = noise_key(opt->cfg.seed, noise_step, t);
+        // The update of step k draws from stream 2k, the next predict (of
+        // step k + 1) from 2k + 3: fused KOALA-M does both roundings at once.
+        c.noise_next = noise_key(opt->cfg.seed, noise_step + 3, t);
+    }
     return c;
 }
 
