@@ -50,7 +50,7 @@ def test_addresses_and_buffers_both_work():
     assert np.all(a < 1) and np.all(b < 1)
     info = capi.koala_get_info(h, None)
     assert info["steps"] == 1 and set(info) == {"steps", "skipped_steps", "sigma", "p00", "p01",
-                                                "p11", "r", "qw"}
+                                                "p11", "r", "qw", "lr", "threads", "phase"}
     capi.koala_destroy(h)
 
 
@@ -73,6 +73,7 @@ def test_update_ptr_reads_host_scalars():
     ([np.ones(4, np.int64), np.ones(2)], TypeError, r"params\[0\] has format"),
     ([np.ones(8)[::2], np.ones(2)], ValueError, r"params\[0\] must be a C-contiguous"),
     ([np.ones(4), np.ones(2, np.float32)], TypeError, r"params\[1\] has itemsize 4"),
+    ([np.ones(4), np.ones(2, np.int16)], TypeError, r"params\[1\] has itemsize 2"),
     ([np.ones(4), "x"], TypeError, r"params\[1\] is a str"),
     ([np.ones(4), None], TypeError, r"params\[1\] is None"),
     ([np.ones(4), -1], OverflowError, ""),
