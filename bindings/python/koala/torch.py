@@ -51,6 +51,7 @@ Many processes (torch.distributed initialised with more than one process):
 """
 import math
 import warnings
+import weakref
 
 import torch
 
@@ -670,9 +671,22 @@ def _like_param(p, local):
     return local
 
 
+class _GradMark:
+    """Which gradient tensor a parameter had, and its version: a weak reference,
+    so that a freed gradient (zero_grad(set_to_none=True)) is never taken for
+    the same one."""
+
+    def __init__(self, grad):
+        self.ref = weakref.ref(grad)
+        self.version = grad._version
+
+    def __eq__(self, other):
+        mine, theirs = self.ref(), other.ref()
+        return mine is not None and mine is theirs and self.version == other.version
+
+
 def _grad_marks(b, grads):
-    return [None if g is None else (id(b.params[i].grad), b.params[i].grad._version)
-            for i, g in zip(b.mine, grads)]
+    return [None if g is None else _GradMark(b.params[i].grad) for i, g in zip(b.mine, grads)]
 
 
 def _partition(sizes, world):
