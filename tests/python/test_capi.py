@@ -140,3 +140,22 @@ def test_python_m_koala_reports_itself():
     assert ("GPU usable:  yes" in out) == gpu
     if not gpu:
         assert why in out
+
+
+def test_shadowing_koala_py_gets_a_hint(tmp_path):
+    """Inside the official repository its koala.py shadows the package: the
+    start-up hook (libkoala-shadow-hint.pth) turns "'koala' is not a package"
+    into a hint naming the file; the official module itself still imports."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "koala.py").write_text("class MomentumKOALA:\n    pass\n")
+    site_dir = os.path.dirname(os.path.dirname(os.path.abspath(koala.__file__)))
+    code = ("import site, sys; site.addsitedir(sys.argv[1])\n"
+            "from koala import MomentumKOALA\n"
+            "try:\n    from koala.torch import MomentumKOALA\n"
+            "except ModuleNotFoundError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code, site_dir], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "koala.py" in out and "shadows" in out and str(tmp_path) in out, out
