@@ -482,6 +482,12 @@ KOALA_API koala_status koala_state_layout(const koala_optimizer *opt,
  *  are the library's. */
 #define KOALA_SCALAR_LR_SCALE 10
 
+/* The scalar block is a 16-double header followed by the method's
+ * per-tensor filter scalars in global tensor order (KOALA-M: 1 per tensor,
+ * KOALA++: 2, KOALA-V: none), so an optimizer for the same tensors plus
+ * appended ones starts its block with the shorter block's bytes (the new
+ * tensors' slots initialised as koala_state_init does: zeros). */
+
 /** Writes the initial state (zero buffers, the config's filter scalars, phase
  *  "updated") into caller memory: buffers[b * n_tensors + i] is buffer b of
  *  tensor i, scalars holds scalar_count doubles (see koala_state_layout). On a
