@@ -167,6 +167,7 @@ double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k
     const Compute<T> cx = static_cast<Compute<T>>(coef.c[0]);
     if constexpr (is_half<T>) {
         const bool sr = k.stochastic != 0;
+#pragma omp simd
         for (size_t i = 0; i < c.n; ++i)
             x[i] = st<T>(vanilla::step(ld(x[i]), ld(g[i]), cx), c, i, sr);
     } else {
@@ -306,6 +307,7 @@ double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
     const bool sr = k.stochastic != 0;
     return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) {
         if constexpr (is_half<T>) {
+#pragma omp simd
             for (size_t i = 0; i < c.n; ++i) {
                 C xi = ld(x[i]);
                 plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0,
