@@ -64,6 +64,8 @@ pub type koala_dtype = ::std::os::raw::c_uint;
 pub struct koala_config {
     #[doc = "< = sizeof(koala_config), set by koala_config_init"]
     pub struct_size: usize,
+    #[doc = "< KOALA_VANILLA, KOALA_MOMENTUM or KOALA_PLUSPLUS (set by"]
+    #[doc = "koala_config_init)"]
     pub method: koala_method,
     #[doc = "< target multiplier eta >= 0 (default 1.0): remove lr*loss per step"]
     pub lr: f64,
