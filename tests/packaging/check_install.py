@@ -21,9 +21,14 @@ race with other tests' installs over that log.
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+
+# meson's timeout sends SIGTERM: unwind through `finally`, which restores the
+# install log and removes the scratch directory
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 build, source = sys.argv[1], sys.argv[2]
 failures = []

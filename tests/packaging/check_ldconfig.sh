@@ -33,10 +33,11 @@ if [ "${KOALA_LDCONFIG_NAMESPACE:-}" != 1 ]; then
   log=$build/meson-logs/install-log.txt
   saved=
   if [ -f "$log" ]; then saved=$(mktemp); cp -p "$log" "$saved"; fi
-  status=0
-  KOALA_LDCONFIG_NAMESPACE=1 unshare -m --propagation private sh "$0" "$@" || status=$?
-  if [ -n "$saved" ]; then mv "$saved" "$log"; else rm -f "$log"; fi
-  exit "$status"
+  restore() { if [ -n "$saved" ]; then mv "$saved" "$log"; else rm -f "$log"; fi; }
+  trap restore EXIT
+  trap 'exit 143' TERM INT   # (meson's timeout) still restores the log
+  KOALA_LDCONFIG_NAMESPACE=1 unshare -m --propagation private sh "$0" "$@"
+  exit 0
 fi
 
 # ---- inside the namespace ---------------------------------------------------
