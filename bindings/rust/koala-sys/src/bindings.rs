@@ -101,9 +101,11 @@ pub struct koala_config {
     pub qv: f64,
     #[doc = "< HOST: CPU threads for this optimizer's passes; 0 (default)"]
     #[doc = "= the environment variable KOALA_NUM_THREADS if set, else"]
-    #[doc = "the CPUs this process may run on (sched_getaffinity)."]
-    #[doc = "Idle workers sleep; they never spin. Results do not depend"]
-    #[doc = "on the thread count."]
+    #[doc = "OMP_NUM_THREADS if set, else the CPUs this process may run"]
+    #[doc = "on (sched_getaffinity). Idle workers sleep; they never spin,"]
+    #[doc = "and a worker the OS schedules late is not waited for. With"]
+    #[doc = "several processes per node (MPI, DDP) give each one its"]
+    #[doc = "share of the cores. Results do not depend on the count."]
     pub threads: ::std::os::raw::c_int,
     #[doc = "< BFLOAT16/FLOAT16: 0 (default) rounds updated parameters to"]
     #[doc = "nearest-even; 1 rounds them stochastically, reproducibly"]
