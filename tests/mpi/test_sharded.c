@@ -62,6 +62,7 @@ static const double grad_amplitude[N_GLOBAL] = {0.01, 1.0, 0.5, 2.0, 0.1};
 enum { FAIL_SILENT_STEP = 4, CHECKPOINT_STEP = 6, FAIL_AFTER_STEP = 9 };
 
 static int break_sums = 0;
+static uint64_t extra_global_elements = 0; /* --disagree-global-elements */
 
 /* ---- layouts ------------------------------------------------------------- */
 
@@ -263,10 +264,13 @@ static void fill_grads(tensors *t, const size_t *global, const size_t *offset,
     }
 }
 
-/* Arrays as a rank with no tensor passes them: params NULL (allowed when
- * n_tensors is 0), grads a valid array (see README of tests/mpi). */
+/* Arrays as a rank with no tensor passes them: NULL (allowed when
+ * n_tensors is 0; with a NULL grads refused there, that rank would skip the
+ * all-reduce the others wait in). */
 static void *const *params_arg(tensors *t) { return t->n ? (void *const *)t->x : NULL; }
-static const void *const *grads_arg(tensors *t) { return (const void *const *)t->grad_args; }
+static const void *const *grads_arg(tensors *t) {
+    return t->n ? (const void *const *)t->grad_args : NULL;
+}
 
 static unsigned char *save_state(const koala_optimizer *opt, size_t *size) {
     EXPECT_OK(koala_state_size(opt, size));
@@ -318,7 +322,7 @@ static koala_optimizer *create_sharded(const koala_config *cfg, const local_view
     shard.struct_size = sizeof shard;
     shard.n_global = N_GLOBAL;
     shard.global_index = view->identity ? NULL : view->global;
-    shard.global_elements = model_elements();
+    shard.global_elements = model_elements() + extra_global_elements;
     shard.allreduce = form == FORM_CALLBACK ? mpi_allreduce_callback : NULL;
     shard.user = ctx;
     koala_optimizer *opt = NULL;
@@ -607,13 +611,43 @@ static void run_disagreements(void) {
     tensors_free(&local);
 }
 
+/* Ranks that disagree on shard->global_elements (rank r claims r more than
+ * the model has): koala.h says every process then gets INVALID_ARGUMENT at
+ * the first update. */
+static int run_global_elements_disagreement(void) {
+    const koala_config cfg = config_of(&variants[0]);
+    const sharding s = make_sharding("uneven", 0);
+    const local_view view = view_of(&s, mpi_rank);
+    tensors local;
+    tensors_alloc(&local, view.n, view.size);
+    reduce_ctx ctx = {0, 0, 0, REDUCE_OK};
+    extra_global_elements = (uint64_t)mpi_rank;
+    koala_optimizer *opt = create_sharded(&cfg, &view, &ctx, FORM_CALLBACK, view.n, view.size);
+    extra_global_elements = 0;
+    EXPECT_OK(koala_sums_size(opt, &ctx.expected_count));
+    EXPECT_OK(koala_predict(opt, params_arg(&local), NULL));
+    fill_grads(&local, view.global, view.offset, view.size, 1);
+    const koala_status st = koala_update(opt, loss_at(1), loss_var_at(1), params_arg(&local),
+                                         grads_arg(&local), NULL);
+    CHECK(st == KOALA_ERROR_INVALID_ARGUMENT,
+          "global_elements %llu (rank 0: %llu): koala_update gave %s, not INVALID_ARGUMENT",
+          (unsigned long long)(model_elements() + (uint64_t)mpi_rank),
+          (unsigned long long)model_elements(), koala_status_string(st));
+    koala_destroy(opt);
+    tensors_free(&local);
+    return mpi_check_finish("test_sharded --disagree-global-elements");
+}
+
 int main(int argc, char **argv) {
     mpi_check_init(&argc, &argv);
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--break-sums")) {
             break_sums = 1;
+        } else if (!strcmp(argv[i], "--disagree-global-elements")) {
+            return run_global_elements_disagreement();
         } else {
-            if (mpi_rank == 0) fprintf(stderr, "usage: test_sharded [--break-sums]\n");
+            if (mpi_rank == 0)
+                fprintf(stderr, "usage: test_sharded [--break-sums | --disagree-global-elements]\n");
             MPI_Finalize();
             return 2;
         }
