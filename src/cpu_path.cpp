@@ -201,6 +201,8 @@ void host_partial_sums(koala_optimizer *opt, void *const *params, const void *co
     double *trailer = sums + L.n_global * stride;
     trailer[0] = static_cast<double>(L.local_elements);
     trailer[1] = header(opt).pending_d2;
+    trailer[2] = 1.0;
+    trailer[3] = layout_fingerprint(L.global_elements, L.n_global);
 }
 
 koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
@@ -230,10 +232,17 @@ koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
         case kBadElements:
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: the processes' tensors hold %.0f elements in all, "
-                        "shard->global_elements is %llu (every element of the model must sit "
-                        "on exactly one process); nothing was changed",
+                        "shard->global_elements is %llu here, and the processes %s on "
+                        "global_elements and n_global (every element of the model must sit "
+                        "on exactly one process, and every process must describe the same "
+                        "model); nothing was changed",
                         what, sums[L.n_global * sums_stride(opt->cfg.method)],
-                        static_cast<unsigned long long>(L.global_elements));
+                        static_cast<unsigned long long>(L.global_elements),
+                        sums[L.n_global * sums_stride(opt->cfg.method) + 3] ==
+                                sums[L.n_global * sums_stride(opt->cfg.method) + 2] *
+                                    layout_fingerprint(L.global_elements, L.n_global)
+                            ? "agree"
+                            : "disagree");
         case kBadPresence:
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: global tensor %zu has a gradient on some of its pieces and NULL on "

@@ -773,8 +773,10 @@ contains
     end if
     opt = c_null_ptr
     if (params%count() == 0) then
+       ! A process holding nothing: its dtype is never used; an empty list has
+       ! none, so take float32 (any valid dtype would do).
        one_size = 0
-       status = koala_create_sharded_raw(cfg, 0_c_size_t, one_size, s, params%dtype, memory, opt)
+       status = koala_create_sharded_raw(cfg, 0_c_size_t, one_size, s, KOALA_FLOAT32, memory, opt)
     else
        status = koala_create_sharded_raw(cfg, int(params%count(), c_size_t), params%sizes, s, &
                                          params%dtype, memory, opt)
