@@ -55,10 +55,13 @@
  * optimizers work on CUDA device memory with CUDA kernels on the caller's
  * stream and never synchronise the host inside koala_predict /
  * koala_update. The device path lives in a plugin (libkoala_cuda.so, next to
- * libkoala.so) loaded on first device use; it needs an NVIDIA driver for
- * CUDA 12.0 or newer (R525+; tested from R535). Where it cannot be loaded or
- * no GPU is usable, device calls return KOALA_ERROR_UNSUPPORTED and
- * koala_last_error() says why.
+ * libkoala.so) loaded on first device use. The plugin carries the CUDA
+ * runtime it was built with (statically), and needs a driver at least that
+ * new: R580 or newer for a plugin built with CUDA 13 (the default here), R530
+ * or newer for one built with a CUDA 12.1+ toolkit (doc/readme/cuda.md says
+ * how). Where it cannot be loaded, the driver is too old or no GPU is usable,
+ * device calls return KOALA_ERROR_UNSUPPORTED and koala_last_error() says why
+ * (naming the CUDA version the driver must support).
  *
  * All calls on one device optimizer must be ordered: either pass the same
  * stream every time, or order the streams yourself (events). The optimizer
