@@ -49,6 +49,7 @@ Many processes (torch.distributed initialised with more than one process):
     through torch.distributed.all_reduce, so every process computes the same
     filter as one process on the whole model.
 """
+import functools
 import math
 import warnings
 import weakref
@@ -69,7 +70,10 @@ _FILTER_KEYS = ("sigma", "q", "r", "alpha_r", "sw", "sc", "sv", "a", "qw", "qv",
                 "is_symmetric", "threads", "stochastic_rounding", "seed")
 
 
+@functools.lru_cache(maxsize=None)
 def _dtensor_type():
+    """torch's DTensor class, or None (looked up once: a failing import is not
+    cached by Python and costs a search of sys.path on every call)."""
     try:
         from torch.distributed.tensor import DTensor
         return DTensor
