@@ -9,9 +9,9 @@ using koala_jax::StepKind;
 namespace {
 
 template <StepKind kind>
-ffi::Error cpu_step(int32_t device, ffi::ScratchAllocator scratch, ffi::RemainingArgs args,
+ffi::Error cpu_step(int32_t device, ffi::RemainingArgs args,
                     ffi::RemainingRets rets, ffi::Dictionary attrs) {
-    return koala_jax::run_step(kind, koala_jax::Memory{KOALA_HOST, nullptr, device}, scratch,
+    return koala_jax::run_step(kind, koala_jax::Memory{KOALA_HOST, nullptr, device},
                                args, rets, attrs);
 }
 
@@ -28,7 +28,6 @@ __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateEndCpu(XLA_F
     XLA_FFI_DEFINE_HANDLER_SYMBOL(symbol, cpu_step<kind>,                            \
                                   ffi::Ffi::Bind()                                   \
                                       .Ctx<ffi::DeviceOrdinal>()                     \
-                                      .Ctx<ffi::ScratchAllocator>()                  \
                                       .RemainingArgs()                               \
                                       .RemainingRets()                               \
                                       .Attrs<ffi::Dictionary>())

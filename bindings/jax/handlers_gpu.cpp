@@ -19,9 +19,8 @@ using koala_jax::StepKind;
 namespace {
 
 template <StepKind kind>
-ffi::Error gpu_step(void *stream, int32_t device, ffi::ScratchAllocator scratch,
-                    ffi::RemainingArgs args, ffi::RemainingRets rets, ffi::Dictionary attrs) {
-    return koala_jax::run_step(kind, koala_jax::Memory{KOALA_DEVICE, stream, device}, scratch,
+ffi::Error gpu_step(void *stream, int32_t device,                     ffi::RemainingArgs args, ffi::RemainingRets rets, ffi::Dictionary attrs) {
+    return koala_jax::run_step(kind, koala_jax::Memory{KOALA_DEVICE, stream, device},
                                args, rets, attrs);
 }
 
@@ -39,7 +38,6 @@ __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateEndGpu(XLA_F
                                   ffi::Ffi::Bind()                                   \
                                       .Ctx<ffi::PlatformStream<void *>>()            \
                                       .Ctx<ffi::DeviceOrdinal>()                     \
-                                      .Ctx<ffi::ScratchAllocator>()                  \
                                       .RemainingArgs()                               \
                                       .RemainingRets()                               \
                                       .Attrs<ffi::Dictionary>())

@@ -133,7 +133,7 @@ const char *step_name(StepKind kind) {
 
 }  // namespace
 
-ffi::Error run_step(StepKind kind, const Memory &mem, ffi::ScratchAllocator &scratch,
+ffi::Error run_step(StepKind kind, const Memory &mem,
                     ffi::RemainingArgs args, ffi::RemainingRets rets,
                     const ffi::Dictionary &attrs) {
     const std::string what = step_name(kind);
@@ -212,6 +212,13 @@ ffi::Error run_step(StepKind kind, const Memory &mem, ffi::ScratchAllocator &scr
     for (size_t k = 0; e.success() && k < buffers_out.size(); ++k) e = io.ret(&buffers_out[k]);
     if (e.success() && kind == StepKind::kBegin) e = io.ret(&sums_out);
     if (e.success() && kind == StepKind::kBegin) e = check_doubles(**sums_out, n_sums, "sums");
+    // A sharded state's predict (KOALA-M) and update_end carry one more
+    // result, scratch memory for a copy of the scalar block (the mirror's).
+    std::optional<ffi::Result<ffi::AnyBuffer>> scratch_out;
+    const bool has_scratch = spec.sharded() && (kind == StepKind::kEnd ||
+                                                (predict && method == KOALA_MOMENTUM));
+    if (e.success() && has_scratch) e = io.ret(&scratch_out);
+    if (e.success() && has_scratch) e = check_doubles(**scratch_out, n_scalars, "scratch");
     if (e.success()) e = io.done();
     if (e.failure()) return e;
 
@@ -250,14 +257,13 @@ ffi::Error run_step(StepKind kind, const Memory &mem, ffi::ScratchAllocator &scr
     if (run_mirror) {
         PooledOptimizer mirror(split.mirror, &error);
         if (!mirror) return invalid("cannot create an optimizer for this state: " + error);
-        std::optional<void *> copy = scratch.Allocate(n_scalars * sizeof(double), alignof(double));
-        if (!copy.has_value()) return internal_error("no scratch memory for the scalar block");
-        if (std::string err = mem.copy(*copy, scalars, n_scalars * sizeof(double)); !err.empty())
+        double *copy = static_cast<double *>((*scratch_out)->untyped_data());
+        if (std::string err = mem.copy(copy, scalars, n_scalars * sizeof(double)); !err.empty())
             return internal_error("copying the scalar block: " + err);
         std::vector<void *> m_params = pick(params, n, 1, split.mirror_tensors);
         std::vector<const void *> m_grads = pick(grad_ptrs, n, 1, split.mirror_tensors);
         std::vector<void *> m_buffers = pick(buffers, n, B, split.mirror_tensors);
-        s = koala_bind_state(mirror.get(), table(m_buffers), static_cast<double *>(*copy));
+        s = koala_bind_state(mirror.get(), table(m_buffers), copy);
         if (s == KOALA_OK && predict) s = koala_predict(mirror.get(), table(m_params), mem.stream);
         if (s == KOALA_OK && !predict)
             s = koala_update_end_ptr(mirror.get(), loss->untyped_data(), loss_var->untyped_data(),

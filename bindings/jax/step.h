@@ -23,6 +23,9 @@
 // doubles), as float64, or as uint32 pairs holding the same bytes when JAX
 // runs without x64. `sums` (koala_sums_size doubles, the same two types) is
 // begin's partial sums and, summed over the mesh by lax.psum, end's input.
+// A sharded state's predict (KOALA-M) and update_end have one more result,
+// `scratch` (the scalar block's type and size), which the replicated pieces'
+// optimizer runs on (step_spec.h, DeviceSplit); its value is thrown away.
 // loss and loss_var are float32 or float64 scalars read where they are
 // (koala_update_ptr / koala_update_end_ptr), so the GPU handler needs no
 // copy to the host.
@@ -35,8 +38,7 @@ namespace koala_jax {
 
 enum class StepKind { kPredict, kUpdate, kBegin, kEnd };
 
-ffi::Error run_step(StepKind kind, const Memory &mem, ffi::ScratchAllocator &scratch,
-                    ffi::RemainingArgs args, ffi::RemainingRets rets,
+ffi::Error run_step(StepKind kind, const Memory &mem, ffi::RemainingArgs args, ffi::RemainingRets rets,
                     const ffi::Dictionary &attrs);
 
 }  // namespace koala_jax

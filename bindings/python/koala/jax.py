@@ -396,7 +396,9 @@ def _local_predict(meta, scalars, leaves, buffers):
     # KOALA++'s predict binds its buffers but changes only the scalars.
     operands = [scalars] + (leaves if moves else []) + flat_buffers
     written = operands if moves else [scalars]
-    out = _ffi("koala_jax_predict", [_aval(x) for x in written], operands,
+    # Sharded KOALA-M: scratch for the replicated pieces' copy of the scalars.
+    scratch = [_aval(scalars)] if moves and meta.layout is not None else []
+    out = _ffi("koala_jax_predict", [_aval(x) for x in written] + scratch, operands,
                {i: i for i in range(len(written))}, meta, batchable=meta.layout is None)
     if not moves:
         return out[0], leaves, buffers
@@ -429,7 +431,8 @@ def _local_update(meta, scalars, leaves, grads, buffers, loss, loss_var):
         aliases = {0: 0}
         aliases.update({3 + i: 1 + i for i in range(n)})
         aliases.update({3 + 2 * n + k: 1 + n + k for k in range(len(flat_buffers))})
-        out = _ffi("koala_jax_update_end", results, operands, aliases, meta, batchable=False)
+        out = _ffi("koala_jax_update_end", results + [_aval(scalars)], operands, aliases, meta,
+                   batchable=False)
     new_buffers = [list(out[1 + n + b * n: 1 + n + (b + 1) * n]) for b in range(len(buffers))]
     return out[0], list(out[1:1 + n]), new_buffers
 
