@@ -22,6 +22,10 @@ __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxPredictCpu(XLA_FFI
 __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateCpu(XLA_FFI_CallFrame *);
 __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateBeginCpu(XLA_FFI_CallFrame *);
 __attribute__((visibility("default"))) XLA_FFI_Error *KoalaJaxUpdateEndCpu(XLA_FFI_CallFrame *);
+// For the tests: operand-to-result copies made so far (step.h).
+__attribute__((visibility("default"))) uint64_t koala_jax_operand_copies(void) {
+    return koala_jax::operand_copy_count();
+}
 }
 
 #define KOALA_JAX_CPU_HANDLER(symbol, kind)                                          \

@@ -1,5 +1,6 @@
 #include "step.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -11,6 +12,10 @@
 
 namespace koala_jax {
 namespace {
+
+// Operand-to-result copies made because XLA did not alias them: the tests
+// read it (koala_jax_operand_copies) to show that a step copies no state.
+std::atomic<uint64_t> operand_copies{0};
 
 size_t buffers_per_tensor(koala_method m) { return m == KOALA_VANILLA ? 0 : 2; }
 
@@ -96,6 +101,7 @@ class Operands {
 ffi::Error in_place(const Memory &mem, const ffi::AnyBuffer &in, ffi::Result<ffi::AnyBuffer> &out,
                     void **ptr) {
     if (out->untyped_data() != in.untyped_data()) {
+        operand_copies.fetch_add(1, std::memory_order_relaxed);
         std::string e = mem.copy(out->untyped_data(), in.untyped_data(), in.size_bytes());
         if (!e.empty()) return internal_error("copying an operand to its result: " + e);
     }
@@ -132,6 +138,8 @@ const char *step_name(StepKind kind) {
 }
 
 }  // namespace
+
+uint64_t operand_copy_count() { return operand_copies.load(std::memory_order_relaxed); }
 
 ffi::Error run_step(StepKind kind, const Memory &mem,
                     ffi::RemainingArgs args, ffi::RemainingRets rets,

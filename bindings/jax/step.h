@@ -41,4 +41,8 @@ enum class StepKind { kPredict, kUpdate, kBegin, kEnd };
 ffi::Error run_step(StepKind kind, const Memory &mem, ffi::RemainingArgs args, ffi::RemainingRets rets,
                     const ffi::Dictionary &attrs);
 
+// Copies of an operand into its result made so far (XLA did not alias
+// them); 0 when every step ran in place.
+uint64_t operand_copy_count();
+
 }  // namespace koala_jax
