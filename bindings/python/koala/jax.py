@@ -652,6 +652,12 @@ def from_checkpoint(data: bytes, params, method: str, **config) -> KoalaState:
 def _transformation(method, lr, config, axis_name):
     import optax  # only this part needs optax
 
+    # optax.inject_hyperparams passes the **config of koala_v & co. on as one
+    # keyword argument named `config` (it binds the factory's signature).
+    nested = config.pop("config", None)
+    if isinstance(nested, dict):
+        config = {**nested, **config}
+
     def init_fn(params):
         return init(params, method, lr=lr, **config)
 
