@@ -113,6 +113,7 @@ def main():
 
     runs = [("KOALA-V", koala_trainer("vanilla", sigma=0.1, weight_decay=5e-4)),
             ("KOALA-M", koala_trainer("momentum", weight_decay=5e-4)),
+            ("KOALA++", koala_trainer("plusplus", weight_decay=5e-4)),
             ("Adam 1e-3", adam_trainer(1e-3))]
     results = [train(name, make, data, args.epochs, args.batch, args.seed)
                for name, make in runs]

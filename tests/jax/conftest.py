@@ -47,7 +47,7 @@ def _import_koala_jax():
 
 
 kj = _import_koala_jax()
-needs_x64 = pytest.mark.skipif(not X64, reason="float64 parameters need jax_enable_x64")
+DTYPE = np.float64 if X64 else np.float32  # the suite's parameter dtype
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +57,7 @@ def koala_jax():
 
 # ---- libkoala through ctypes ------------------------------------------------
 
-from koala.jax_lib import Config, Info  # noqa: E402
+from koala.jax_lib import Config  # noqa: E402
 
 _METHODS = {"vanilla": 1, "momentum": 2, "plusplus": 3}
 
