@@ -134,3 +134,28 @@ def test_uneven_shards_are_a_clear_error():
     mesh = Mesh(np.array(jax.devices()[:4]), ("d",))
     with pytest.raises(ValueError, match="does not divide into 4 shards"):
         kj.init({"w": jnp.ones((6, 2), DTYPE)}, "momentum", mesh=mesh, specs={"w": P("d")})
+
+
+@pytest.mark.parametrize("method", ["momentum", "plusplus"])
+def test_vmap_over_sharded_states(method):
+    """vmap over two sharded optimizers is two independent sharded runs."""
+    mesh = Mesh(np.array(jax.devices()[:4]), ("fsdp",))
+    specs = {"w": P("fsdp"), "b": P(), "v": P(None, "fsdp")}
+    runs = []
+    for seed in (2, 3):
+        params = {k: jax.device_put(v, NamedSharding(mesh, specs[k]))
+                  for k, v in make_params(seed).items()}
+        runs.append((params, kj.init(params, method)))
+    stack = lambda *xs: jnp.stack(xs)  # noqa: E731
+    params = jax.tree_util.tree_map(stack, runs[0][0], runs[1][0])
+    state = jax.tree_util.tree_map(stack, runs[0][1], runs[1][1])
+    vstep = jax.jit(jax.vmap(step, in_axes=(0, 0, None)))
+    one = jax.jit(step)
+    for k in range(4):
+        loss = jnp.asarray(2.0 - 0.1 * k, DTYPE)
+        params, state = vstep(params, state, loss)
+        runs = [one(p, s, loss) for p, s in runs]
+    for i, (p, s) in enumerate(runs):
+        for a, b in zip(jax.tree_util.tree_leaves((params, state)),
+                        jax.tree_util.tree_leaves((p, s))):
+            assert_close(np.asarray(a)[i], b, "vmapped and separate sharded runs")

@@ -192,3 +192,13 @@ def test_shard_map_data_parallel_replicated_params():
     tol = 1e-10 if X64 else 1e-4
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(p_1)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol)
+
+
+def test_states_of_one_layout_share_a_tree_structure():
+    """Two states made alike have equal tree structures (jit's cache and
+    tree_map across states rely on it), the online R's NaN included."""
+    params = nested_params(DTYPE)
+    a, b = kj.init(params, "momentum"), kj.init(params, "momentum")
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    assert jax.tree_util.tree_structure(a) != \
+        jax.tree_util.tree_structure(kj.init(params, "momentum", r=0.5))

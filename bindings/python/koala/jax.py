@@ -98,7 +98,7 @@ class _Meta:
 
     @property
     def config_dict(self):
-        return dict(self.config)
+        return {k: float("nan") if v is None else v for k, v in self.config}
 
 
 @jax.tree_util.register_pytree_node_class
@@ -247,7 +247,9 @@ def _static_config(method, config):
                             f"'{name}',)))")
         cfg[name] = int(value) if name in INT_FIELDS else float(np.asarray(value))
     cfg["lr"] = 1.0  # the lr is the scalar block's multiplier (set per call)
-    return tuple(sorted(cfg.items()))
+    # NaN (r: the online estimate) as None, so that equal configs compare
+    # equal (the config is part of the state's tree structure).
+    return tuple(sorted((k, None if v != v else v) for k, v in cfg.items()))
 
 
 def init(params, method: str = "vanilla", *, mesh=None, specs=None, **config) -> KoalaState:
@@ -291,7 +293,7 @@ def init(params, method: str = "vanilla", *, mesh=None, specs=None, **config) ->
 
     cfg = _static_config(method, config)
     sizes = [int(math.prod(s)) for s in shapes]
-    check_cfg = dict(cfg)
+    check_cfg = {k: float("nan") if v is None else v for k, v in cfg}
     if not _is_tracer(lr) and not isinstance(lr, jax.Array):
         check_cfg["lr"] = float(lr)  # libkoala's check of the value
     with HostOptimizer(method, dtype, sizes, check_cfg) as opt:
@@ -300,7 +302,7 @@ def init(params, method: str = "vanilla", *, mesh=None, specs=None, **config) ->
     # only (koala_state_init: "the config's filter scalars"), so a layout of
     # 1-element tensors gives them without a host copy of the model.
     scalars = np.zeros(count, np.float64)
-    with HostOptimizer(method, dtype, [1] * len(sizes), dict(cfg)) as opt:
+    with HostOptimizer(method, dtype, [1] * len(sizes), {**check_cfg, "lr": 1.0}) as opt:
         opt.init_state([np.zeros(1, STATE_DTYPES[dtype]) for _ in range(per * len(sizes))],
                        scalars)
     if not jax.config.jax_enable_x64:
@@ -354,9 +356,10 @@ def _attrs(meta: _Meta):
         contributes=np.array(layout.contributes if layout else [0], np.int64))
 
 
-def _ffi(target, results, operands, aliases, meta, batchable=True):
+def _ffi(target, results, operands, aliases, meta):
+    # vmap: one call per batch element (independent optimizers), in a loop.
     call = jax.ffi.ffi_call(target, results, input_output_aliases=aliases,
-                            vmap_method="sequential" if batchable else None)
+                            vmap_method="sequential")
     return call(*operands, **_attrs(meta))
 
 
@@ -399,7 +402,7 @@ def _local_predict(meta, scalars, leaves, buffers):
     # Sharded KOALA-M: scratch for the replicated pieces' copy of the scalars.
     scratch = [_aval(scalars)] if moves and meta.layout is not None else []
     out = _ffi("koala_jax_predict", [_aval(x) for x in written] + scratch, operands,
-               {i: i for i in range(len(written))}, meta, batchable=meta.layout is None)
+               {i: i for i in range(len(written))}, meta)
     if not moves:
         return out[0], leaves, buffers
     new_buffers = [list(out[1 + n + b * n: 1 + n + (b + 1) * n]) for b in range(len(buffers))]
@@ -425,14 +428,13 @@ def _local_update(meta, scalars, leaves, grads, buffers, loss, loss_var):
                                           else 2 * n_sums,), scalars.dtype)
         operands = [scalars] + leaves + grads + flat_buffers
         scalars, sums = _ffi("koala_jax_update_begin", [_aval(scalars), sums_type], operands,
-                             {0: 0}, meta, batchable=False)
+                             {0: 0}, meta)
         sums = _psum_doubles(sums, meta.layout.axis_names)
         operands = [scalars, loss, loss_var] + leaves + grads + flat_buffers + [sums]
         aliases = {0: 0}
         aliases.update({3 + i: 1 + i for i in range(n)})
         aliases.update({3 + 2 * n + k: 1 + n + k for k in range(len(flat_buffers))})
-        out = _ffi("koala_jax_update_end", results + [_aval(scalars)], operands, aliases, meta,
-                   batchable=False)
+        out = _ffi("koala_jax_update_end", results + [_aval(scalars)], operands, aliases, meta)
     new_buffers = [list(out[1 + n + b * n: 1 + n + (b + 1) * n]) for b in range(len(buffers))]
     return out[0], list(out[1:1 + n]), new_buffers
 
