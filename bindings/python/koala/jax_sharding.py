@@ -108,9 +108,13 @@ def make_layout(mesh: Mesh, specs, shapes, what="params") -> MeshLayout | None:
             used = {a for entry in spec for a in _axes_of(entry)}
             replicated = [k for k, a in enumerate(names) if a not in used]
             contributes.append(int(all(coord[k] == 0 for k in replicated)))
-    ordinals = [_device_ordinal(d) for d in mesh.devices.flat]
-    rows = [-1] * (max(ordinals) + 1)
-    for r, o in enumerate(ordinals):
+    # Device ordinals are per process: the table covers this process's devices.
+    import jax
+    here = jax.process_index()
+    local = [(r, _device_ordinal(d)) for r, d in enumerate(mesh.devices.flat)
+             if getattr(d, "process_index", 0) == here]
+    rows = [-1] * (max([o for _, o in local] + [0]) + 1)
+    for r, o in local:
         rows[o] = r
     return MeshLayout(mesh, tuple(norm_specs), tuple(tuple(s) for s in shapes),
                       tuple(local_shapes), tuple(contributes), tuple(rows))
