@@ -41,11 +41,12 @@ def test_inject_hyperparams_drives_lr(make_tx):
     for k, (x, y) in enumerate(data):
         params, opt_state = step(params, opt_state, x, y)
         lr = float(schedule(k))
-        if lr not in ref_tx:
-            ref_tx[lr] = make_tx(lr=lr)
+        if lr not in ref_tx:  # one transformation and jitted step per lr
+            tx_lr = make_tx(lr=lr)
+            ref_tx[lr] = (tx_lr, train_step(tx_lr))
         if ref_state is None:
-            ref_state = ref_tx[lr].init(ref_params)
-        ref_params, ref_state = train_step(ref_tx[lr])(ref_params, ref_state, x, y)
+            ref_state = ref_tx[lr][0].init(ref_params)
+        ref_params, ref_state = ref_tx[lr][1](ref_params, ref_state, x, y)
         assert scalar_block(kj._find_state(opt_state)[0])[LR_SLOT] == DTYPE(lr)  # optax casts it to the params dtype
     for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(ref_params)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
