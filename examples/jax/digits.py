@@ -7,7 +7,7 @@
 Each training step (KOALA predict, forward, backward, KOALA update) is one
 jitted XLA program; parameters and optimizer state are donated, so libkoala
 updates them in place. Prints test accuracy and time per epoch for KOALA-V,
-KOALA-M and optax's Adam. The data ship with scikit-learn (no download).
+KOALA-M, KOALA++ and optax's Adam. The data ship with scikit-learn (no download).
 """
 import argparse
 import time
