@@ -15,7 +15,7 @@ each the median of --repeat timed calls after warm-up:
 The step kinds are timed in interleaved rounds (one call of each per round),
 so that load from elsewhere weighs on all alike. Printed as milliseconds and
 as ratios; the goal of issue 13 is
-jax_step / c_step_t <= 1.5. Run:
+jax_step / c_step <= 1.5. Run:
 
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \\
     KOALA_JAX_LIB=build/bindings/jax/libkoala_jax.so KOALA_LIB=build/libkoala.so \\
