@@ -75,7 +75,11 @@ class PlainKoala:
         for k, v in config.items():
             setattr(cfg, k, float(v) if k not in ("threads", "asymmetric") else int(v))
         cfg.caller_state = 1
-        dtype = {np.dtype(np.float32): 1, np.dtype(np.float64): 2}[arrays[0].dtype]
+        import ml_dtypes
+        dtype = {np.dtype(np.float32): 1, np.dtype(np.float64): 2,
+                 np.dtype(ml_dtypes.bfloat16): 3, np.dtype(np.float16): 4}[arrays[0].dtype]
+        # KOALA-M / KOALA++ state: float32 for the 16-bit types.
+        state_dtype = np.float64 if dtype == 2 else np.float32
         sizes = (ctypes.c_size_t * len(arrays))(*[a.size for a in arrays])
         self.handle = ctypes.c_void_p()
         self._check(lib.koala_create(ctypes.byref(cfg), len(arrays), sizes, dtype, 1,
@@ -84,7 +88,7 @@ class PlainKoala:
         per, count = ctypes.c_size_t(), ctypes.c_size_t()
         self._check(lib.koala_state_layout(self.handle, ctypes.byref(per), None,
                                            ctypes.byref(count)))
-        self.buffers = [np.zeros(a.size, a.dtype) for _ in range(per.value) for a in arrays]
+        self.buffers = [np.zeros(a.size, state_dtype) for _ in range(per.value) for a in arrays]
         self.scalars = np.zeros(count.value, np.float64)
         table = self._ptrs(self.buffers) if self.buffers else None
         self._check(lib.koala_state_init(self.handle, table, self.scalars.ctypes.data, None))

@@ -11,6 +11,7 @@ same training run twice. lr goes in differently on purpose: the C side sets
 koala_config::lr (koala_set_lr), koala.jax writes the scalar block's lr
 multiplier; the products are the same doubles."""
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -79,6 +80,39 @@ def test_jit_matches_plain_c(plain_koala, method, config, dtype):
     assert np.array_equal(ours, theirs)
     assert kj.info(state)["steps"] == N_STEPS
     assert traces[0] == 1, f"the jitted step was traced {traces[0]} times"
+    c_opt.close()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("method,config", [CASES[0], CASES[1], CASES[3]])
+def test_16_bit_parameters_match_plain_c(plain_koala, method, config, dtype):
+    """bfloat16 / float16 parameters (float32 state): the same bits as plain
+    libkoala on the same 16-bit arrays, with the same gradients."""
+    import ml_dtypes
+    np_dtype = np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(np.float16)
+    params = jax.tree_util.tree_map(lambda p: p.astype(dtype), nested_params(np.float32))
+    c_params = [np.array(p) for p in jax.tree_util.tree_leaves(params)]
+    assert c_params[0].dtype == np_dtype
+    c_opt = plain_koala(method, c_params, **config)
+    state = kj.init(params, method, **config)
+
+    @jax.jit
+    def step(params, state, k):
+        params, state = kj.predict(params, state)
+        grads = jax.tree_util.tree_map(
+            lambda p: (0.1 * jnp.sin(3.0 * p.astype(jnp.float32)) + 0.01).astype(p.dtype), params)
+        loss = 1.5 - 0.05 * k
+        loss_var = 1.1 * loss * loss
+        return kj.update(params, grads, state, loss, loss_var), grads, loss, loss_var
+
+    for k in range(10):
+        (params, state), grads, loss, loss_var = step(params, state, float(k))
+        c_opt.predict(c_params)
+        c_opt.update(float(loss), float(loss_var), c_params,
+                     [np.array(g) for g in jax.tree_util.tree_leaves(grads)])
+        assert_same(params, c_params, "parameters", k)
+    for a, b in zip(state_leaves(state), c_opt.buffers):
+        assert a.dtype == np.float32 and np.array_equal(a, b)
     c_opt.close()
 
 

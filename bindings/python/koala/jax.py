@@ -368,7 +368,9 @@ def _aval(x):
 
 
 def _loss_dtype(dtype):
-    return jnp.float64 if dtype == "float64" else jnp.float32
+    # libkoala takes the loss as a double: keep all of it wherever JAX has
+    # float64 (a float32 loss converts exactly).
+    return jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
 
 
 def _scalar(x, dtype, name):
