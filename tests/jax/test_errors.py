@@ -37,6 +37,8 @@ def test_unknown_method_and_config():
         kj.init(small(), "adam")
     with pytest.raises(TypeError, match="unknown config field"):
         kj.init(small(), "vanilla", beta=0.9)
+    with pytest.raises(TypeError, match="unknown config field.*fused_predict"):
+        kj.init(small(), "momentum", fused_predict=1)
 
 
 def test_bad_config_value_is_libkoalas_message():

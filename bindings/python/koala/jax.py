@@ -269,7 +269,9 @@ def init(params, method: str = "vanilla", *, mesh=None, specs=None, **config) ->
     jit or for abstract params. Only shapes, dtypes and shardings are read."""
     method = _method_name(method)
     lr = config.pop("lr", 1.0)
-    known = set(FLOAT_FIELDS) | set(INT_FIELDS)
+    # fused_predict is not offered: its parameters hold the next prediction
+    # after update, and koala.jax has no posterior view for evaluation.
+    known = (set(FLOAT_FIELDS) | set(INT_FIELDS)) - {"fused_predict"}
     unknown = sorted(set(config) - known)
     if unknown:
         raise TypeError(f"koala.jax: unknown config field(s) {unknown}; known: "
