@@ -14,7 +14,8 @@ each the median of --repeat timed calls after warm-up:
 
 The step kinds are timed in interleaved rounds (one call of each per round),
 so that load from elsewhere weighs on all alike. Printed as milliseconds and
-as ratios; the goal of issue 13 is
+as ratios of the medians and of the fastest calls (on a machine shared
+with other jobs the fastest calls tell the cost apart from the waiting); the goal of issue 13 is
 jax_step / c_step <= 1.5. Run:
 
     XLA_FLAGS=--xla_cpu_multi_thread_eigen=false \\
@@ -78,7 +79,7 @@ def timed(fns, repeat, warmup=3):
             t = time.perf_counter()
             fn()
             out[k].append(time.perf_counter() - t)
-    return [statistics.median(o) for o in out]
+    return [statistics.median(o) for o in out], [min(o) for o in out]
 
 
 def c_step(params, grads):
@@ -154,7 +155,8 @@ def main():
         ap_, as_ = adam_opt(ap_, as_, grads)
         jax.block_until_ready((ap_, as_))
 
-    c_step_t, jax_step, adam_step = timed([run_c, run_koala, run_adam], args.repeat)
+    (c_step_t, jax_step, adam_step), (c_min, jax_min, adam_min) = timed(
+        [run_c, run_koala, run_adam], args.repeat)
     release_c()
 
     # ---- whole training steps ----
@@ -181,7 +183,7 @@ def main():
         ap_, as_ = adam_train(ap_, as_, x, y)
         jax.block_until_ready((ap_, as_))
 
-    koala_train_t, adam_train_t = timed([run_koala_train, run_adam_train], args.repeat)
+    (koala_train_t, adam_train_t), _ = timed([run_koala_train, run_adam_train], args.repeat)
 
     threads = kj.info(ks)["threads"]
     print(f"koala.jax bench: MLP {'-'.join(map(str, SIZES))}, {n_params / 1e6:.2f}M float32 "
@@ -191,9 +193,12 @@ def main():
           f"   optax.adam {adam_step * 1e3:8.2f} ms")
     print(f"  training step:   koala.jax {koala_train_t * 1e3:8.2f} ms   optax.adam "
           f"{adam_train_t * 1e3:8.2f} ms   (batch {args.batch})")
-    print(f"  ratios: koala.jax / plain C = {jax_step / c_step_t:.3f} (goal <= 1.5);  "
+    print(f"  ratios (medians): koala.jax / plain C = {jax_step / c_step_t:.3f} (goal <= 1.5);  "
           f"optax.adam / plain C = {adam_step / c_step_t:.3f};  "
           f"training step koala.jax / optax.adam = {koala_train_t / adam_train_t:.3f}")
+    print(f"  ratios (fastest calls): koala.jax / plain C = {jax_min / c_min:.3f};  "
+          f"optax.adam / plain C = {adam_min / c_min:.3f}   "
+          f"(plain C {c_min * 1e3:.2f} ms, koala.jax {jax_min * 1e3:.2f} ms)")
     return 0 if jax_step / c_step_t <= 1.5 else 1
 
 
