@@ -115,7 +115,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--async-dispatch", action="store_true",
+                    help="keep JAX's asynchronous CPU dispatch (the default of JAX; here off "
+                         "by default, so that each call runs on the calling thread as the "
+                         "plain C step does, without a hand-off to XLA's thread to wait for)")
     args = ap.parse_args()
+    if not args.async_dispatch:
+        jax.config.update("jax_cpu_enable_async_dispatch", False)
 
     rng = np.random.default_rng(0)
     params = init_mlp(rng)
@@ -188,7 +194,8 @@ def main():
     threads = kj.info(ks)["threads"]
     print(f"koala.jax bench: MLP {'-'.join(map(str, SIZES))}, {n_params / 1e6:.2f}M float32 "
           f"parameters, KOALA-M, {threads} libkoala thread(s), {os.cpu_count()} CPUs, "
-          f"jax {jax.__version__}, median of {args.repeat}")
+          f"jax {jax.__version__}, {'async' if args.async_dispatch else 'synchronous'} "
+          f"dispatch, {args.repeat} interleaved rounds")
     print(f"  optimizer step:  plain C {c_step_t * 1e3:8.2f} ms   koala.jax {jax_step * 1e3:8.2f} ms"
           f"   optax.adam {adam_step * 1e3:8.2f} ms")
     print(f"  training step:   koala.jax {koala_train_t * 1e3:8.2f} ms   optax.adam "
