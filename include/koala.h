@@ -498,8 +498,9 @@ KOALA_API koala_status koala_state_layout(const koala_optimizer *opt,
 /** Index of the lr multiplier in the scalar block of caller-owned state: the
  *  effective target multiplier is cfg.lr * scalars[KOALA_SCALAR_LR_SCALE]
  *  (koala_state_init writes 1). Engines whose lr is a traced value (JAX's
- *  optax.inject_hyperparams) write it there between calls. The other slots
- *  are the library's. */
+ *  optax.inject_hyperparams) write it there between calls; it must be finite
+ *  and >= 0 (otherwise an update returns INVALID_ARGUMENT on the host and is
+ *  skipped and counted on a device). The other slots are the library's. */
 #define KOALA_SCALAR_LR_SCALE 10
 
 /* The scalar block is a 16-double header followed by the method's

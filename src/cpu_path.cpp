@@ -243,6 +243,11 @@ koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
                                     layout_fingerprint(L.global_elements, L.n_global)
                             ? "agree"
                             : "disagree");
+        case kBadLrScale:
+            return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                        "%s: the bound scalar block's lr multiplier (scalars[%d]) is %g; it must "
+                        "be finite and >= 0; nothing was changed",
+                        what, KOALA_SCALAR_LR_SCALE, header(opt).lr_scale);
         case kBadPresence:
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: global tensor %zu has a gradient on some of its pieces and NULL on "

@@ -18,6 +18,7 @@ enum Outcome {
     kBadElements = 2,  // the processes' sizes do not add up to global_elements, or the
                        // processes' global_elements / n_global disagree
     kBadPresence = 3,  // a global tensor has gradients on some pieces only, or no piece
+    kBadLrScale = 4,   // the scalar block's lr multiplier (caller state) is < 0 or not finite
 };
 
 // Everything an update reads besides the scalars.
@@ -38,6 +39,7 @@ KOALA_HD Outcome prepare_update(const ScalarHeader &prior, const UpdateContext &
                                 ScalarHeader &next) {
     next = prior;
     if (!is_finite(u.loss) || !is_finite(u.loss_var) || u.loss_var < 0.0) return kNotFinite;
+    if (!is_finite(prior.lr_scale) || prior.lr_scale < 0.0) return kBadLrScale;
     const double *trailer = u.sums + u.n_global * sums_stride(u.cfg.method);
     const double own = layout_fingerprint(static_cast<uint64_t>(u.global_elements), u.n_global);
     if (trailer[0] != u.global_elements || trailer[3] != trailer[2] * own) return kBadElements;

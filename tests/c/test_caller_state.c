@@ -241,6 +241,44 @@ static void test_lr_scale_slot(void **state) {
         }
 }
 
+/* A caller's lr multiplier that is negative or not finite is refused by the
+ * update (INVALID_ARGUMENT naming the slot), with nothing changed. */
+static void test_bad_lr_scale_slot(void **state) {
+    (void)state;
+    static const double bad[] = {NAN, INFINITY, -1.0};
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; ++b) {
+        test_layout layout = layout_random(400 + b, 4, 0);
+        koala_config cfg;
+        koala_config_init(&cfg, KOALA_MOMENTUM);
+        cfg.caller_state = 1;
+        test_pair own;
+        assert_int_equal(pair_init(&own, &cfg, &layout, KOALA_FLOAT64, 401, 0), KOALA_OK);
+        test_step step;
+        step_alloc(&step, &layout);
+        assert_int_equal(pair_predict(&own), KOALA_OK);
+        own.scalars[KOALA_SCALAR_LR_SCALE] = bad[b];
+        void **before = buffers_alloc(&layout, KOALA_FLOAT64);
+        buffers_copy(before, own.params, &layout, KOALA_FLOAT64);
+        size_t n_before, n_after;
+        unsigned char *s_before = save_state(own.opt, &n_before);
+        step_fill(&step, &layout, 401, 0, 0, 0);
+        pair_load_grads(&own, &step);
+        assert_int_equal(koala_update(own.opt, 0.5, 0.3, own.params, own.grad_args, NULL),
+                         KOALA_ERROR_INVALID_ARGUMENT);
+        assert_non_null(strstr(koala_last_error(), "scalars[10]"));
+        unsigned char *s_after = save_state(own.opt, &n_after);
+        assert_int_equal(n_before, n_after);
+        assert_memory_equal(s_before, s_after, n_before);
+        assert_true(buffers_equal(before, own.params, &layout, KOALA_FLOAT64));
+        free(s_before);
+        free(s_after);
+        buffers_free(before, &layout);
+        step_free(&step, &layout);
+        pair_free(&own);
+        layout_free(&layout);
+    }
+}
+
 /* The calls that need state refuse an unbound caller-state optimizer, and
  * the caller-state entries refuse a library-owned one. */
 static void test_unbound_and_wrong_mode(void **state) {
@@ -282,6 +320,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_caller_equals_library),
         cmocka_unit_test(test_lr_scale_slot),
+        cmocka_unit_test(test_bad_lr_scale_slot),
         cmocka_unit_test(test_unbound_and_wrong_mode),
     };
     return cmocka_run_group_tests_name("caller_state", tests, NULL, NULL);
