@@ -56,25 +56,18 @@ struct Reader {
     }
 };
 
+// The config's doubles, in the checkpoint's order.
+constexpr double koala_config::*kConfigFields[kConfigDoubles] = {
+    &koala_config::lr, &koala_config::weight_decay, &koala_config::r,  &koala_config::alpha_r,
+    &koala_config::sigma, &koala_config::q,       &koala_config::sw, &koala_config::sc,
+    &koala_config::sv,    &koala_config::a,       &koala_config::qw, &koala_config::qv};
+
 void config_doubles(const koala_config &c, double *d) {
-    const double v[kConfigDoubles] = {c.lr, c.weight_decay, c.r, c.alpha_r, c.sigma, c.q,
-                                      c.sw, c.sc,           c.sv, c.a,      c.qw,    c.qv};
-    std::memcpy(d, v, sizeof v);
+    for (size_t i = 0; i < kConfigDoubles; ++i) d[i] = c.*kConfigFields[i];
 }
 
 void set_config_doubles(koala_config &c, const double *d) {
-    c.lr = d[0];
-    c.weight_decay = d[1];
-    c.r = d[2];
-    c.alpha_r = d[3];
-    c.sigma = d[4];
-    c.q = d[5];
-    c.sw = d[6];
-    c.sc = d[7];
-    c.sv = d[8];
-    c.a = d[9];
-    c.qw = d[10];
-    c.qv = d[11];
+    for (size_t i = 0; i < kConfigDoubles; ++i) c.*kConfigFields[i] = d[i];
 }
 
 uint32_t hyper_flags(const koala_optimizer *opt) {

@@ -56,15 +56,23 @@ size_t buffer_bytes(const koala_optimizer *opt) {
     return buffers_per_tensor(opt->cfg.method) * opt->layout.local_elements * state_elem(opt);
 }
 
-koala_status read_buffers(const koala_optimizer *opt, unsigned char *dst, void *stream) {
+namespace {
+
+// Every state buffer to (to_host) or from `host`, buffer-major then tensor order.
+koala_status copy_buffers(const koala_optimizer *opt, unsigned char *host, bool to_host,
+                          void *stream) {
     if (buffer_bytes(opt) == 0) return KOALA_OK;
     if (!opt->device) {
         const size_t n = opt->layout.n_tensors();
         for (size_t b = 0; b < buffers_per_tensor(opt->cfg.method); ++b)
             for (size_t t = 0; t < n; ++t) {
                 const size_t bytes = opt->layout.sizes[t] * state_elem(opt);
-                std::memcpy(dst, opt->state.buffers[b * n + t], bytes);
-                dst += bytes;
+                void *buffer = opt->state.buffers[b * n + t];
+                if (to_host)
+                    std::memcpy(host, buffer, bytes);
+                else
+                    std::memcpy(buffer, host, bytes);
+                host += bytes;
             }
         return KOALA_OK;
     }
@@ -72,31 +80,20 @@ koala_status read_buffers(const koala_optimizer *opt, unsigned char *dst, void *
     const koala_plugin_ops *ops = device_plugin(&st);
     if (!ops) return st;
     char msg[256];
-    st = ops->copy_buffers(opt->device, dst, 1, stream, msg, sizeof msg);
+    st = ops->copy_buffers(opt->device, host, to_host ? 1 : 0, stream, msg, sizeof msg);
     if (st != KOALA_OK) return plugin_fail(st, msg);
     return KOALA_OK;
 }
 
+}  // namespace
+
+koala_status read_buffers(const koala_optimizer *opt, unsigned char *dst, void *stream) {
+    return copy_buffers(opt, dst, true, stream);
+}
+
 koala_status write_buffers(koala_optimizer *opt, const unsigned char *src, void *stream) {
-    if (buffer_bytes(opt) == 0) return KOALA_OK;
-    if (!opt->device) {
-        const size_t n = opt->layout.n_tensors();
-        for (size_t b = 0; b < buffers_per_tensor(opt->cfg.method); ++b)
-            for (size_t t = 0; t < n; ++t) {
-                const size_t bytes = opt->layout.sizes[t] * state_elem(opt);
-                std::memcpy(opt->state.buffers[b * n + t], src, bytes);
-                src += bytes;
-            }
-        return KOALA_OK;
-    }
-    koala_status st;
-    const koala_plugin_ops *ops = device_plugin(&st);
-    if (!ops) return st;
-    char msg[256];
-    st = ops->copy_buffers(opt->device, const_cast<unsigned char *>(src), 0, stream, msg,
-                           sizeof msg);
-    if (st != KOALA_OK) return plugin_fail(st, msg);
-    return KOALA_OK;
+    // The bytes are only read (the plugin's entry takes one pointer for both ways).
+    return copy_buffers(opt, const_cast<unsigned char *>(src), false, stream);
 }
 
 koala_status push_tensor_hyper(koala_optimizer *opt, const std::vector<double> &lr,
