@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "element_math.h"
+#include "launch.h"
 #include "scalar_merge.h"
 
 namespace koala {
@@ -330,7 +331,7 @@ cudaError_t dispatch(const DeviceState &d, F &&f) {
 
 cudaError_t launch_vanilla_predict(const DeviceState &d, const koala_config &cfg,
                                    cudaStream_t stream) {
-    vanilla_predict_kernel<<<1, 32, 0, stream>>>(cfg, d.filter);
+    KOALA_LAUNCH(1, 32, 0, stream, vanilla_predict_kernel)(cfg, d.filter);
     return cudaGetLastError();
 }
 
@@ -342,14 +343,14 @@ cudaError_t launch_momentum_predict(const DeviceState &d, const koala_config &cf
         TensorTable<CAP> table;
         for (const Group &g : d.groups) {
             fill_table(table, g, params, nullptr);
-            momentum_predict_kernel<T, CAP><<<static_cast<unsigned>(g.n_chunks), kThreads, 0,
-                                              stream>>>(
+            KOALA_LAUNCH(static_cast<unsigned>(g.n_chunks), kThreads, 0, stream,
+                         momentum_predict_kernel<T, CAP>)(
                 table, g.first_tensor, g.first_chunk, d.chunks, static_cast<T>(cfg.a),
                 static_cast<T *>(d.velocity), static_cast<const T *>(d.xbar), d.chunk_d2);
             const cudaError_t e = cudaGetLastError();
             if (e != cudaSuccess) return e;
         }
-        momentum_predict_scalars_kernel<<<1, kThreads, 0, stream>>>(
+        KOALA_LAUNCH(1, kThreads, 0, stream, momentum_predict_scalars_kernel)(
             cfg, d.chunk_d2, d.n_chunks, static_cast<double>(d.total_elements), d.filter);
         return cudaGetLastError();
     });
@@ -363,15 +364,16 @@ cudaError_t launch_update(const DeviceState &d, const koala_config &cfg, const L
         TensorTable<CAP> table;
         for (const Group &g : d.groups) {
             fill_table(table, g, params, grads);
-            norms_kernel<T, CAP><<<static_cast<unsigned>(g.n_chunks), kThreads, 0, stream>>>(
+            KOALA_LAUNCH(static_cast<unsigned>(g.n_chunks), kThreads, 0, stream,
+                         norms_kernel<T, CAP>)(
                 table, g.first_tensor, g.first_chunk, d.chunks, cfg.weight_decay, d.chunk_sums,
                 d.has_grad);
             const cudaError_t e = cudaGetLastError();
             if (e != cudaSuccess) return e;
         }
-        update_scalars_kernel<<<1, kThreads, 0, stream>>>(cfg, loss, d.n_tensors, d.tensor_chunks,
-                                                          d.chunk_sums, d.has_grad, d.block_sums,
-                                                          d.coef, d.filter);
+        KOALA_LAUNCH(1, kThreads, 0, stream, update_scalars_kernel)(
+            cfg, loss, d.n_tensors, d.tensor_chunks, d.chunk_sums, d.has_grad, d.block_sums,
+            d.coef, d.filter);
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;
         const int momentum = cfg.method == KOALA_MOMENTUM ? 1 : 0;
@@ -379,7 +381,8 @@ cudaError_t launch_update(const DeviceState &d, const koala_config &cfg, const L
             // The table again: on a single group it is unchanged, but the
             // loop above left it holding the last group's pointers.
             if (d.groups.size() > 1) fill_table(table, g, params, grads);
-            apply_kernel<T, CAP><<<static_cast<unsigned>(g.n_chunks), kThreads, 0, stream>>>(
+            KOALA_LAUNCH(static_cast<unsigned>(g.n_chunks), kThreads, 0, stream,
+                         apply_kernel<T, CAP>)(
                 table, g.first_tensor, g.first_chunk, d.chunks, d.coef,
                 static_cast<T>(cfg.weight_decay), momentum, static_cast<T *>(d.velocity),
                 static_cast<T *>(d.xbar));
