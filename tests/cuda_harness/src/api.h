@@ -17,14 +17,11 @@ namespace koala_harness {
 // find them, and LeakSanitizer counts what they hold as reachable.
 std::recursive_mutex &api_mutex();
 
-// One call of an exported runtime entry. The real runtime keeps the last
-// error per host thread and per runtime INSTANCE: the plugin links cudart
-// statically, so its errors never show up in the test program's
-// cudaGetLastError. The harness is one shared library, so it tells the
-// instances apart by the shared object the call comes from.
+// One call of an exported runtime entry, from the runtime instance
+// `instance` (the calling shared object's token, runtime_api.h).
 class ApiCall {
 public:
-    explicit ApiCall(const void *return_address);
+    explicit ApiCall(const void *instance);
     // Records e (unless cudaSuccess) as this instance's last error; returns e.
     cudaError_t done(cudaError_t e);
     // The last error of this instance; `reset` clears it.
@@ -35,7 +32,8 @@ private:
     const void *instance_;
 };
 
-#define KOALA_HARNESS_CALL() ::koala_harness::ApiCall call(__builtin_return_address(0))
+// In an entry koala_harness_<name>(const void *instance, ...).
+#define KOALA_HARNESS_CALL() ::koala_harness::ApiCall call(instance)
 
 // Prints "koala-harness: VIOLATION: ..." to stderr and counts it; a
 // process that ends with violations not taken exits with status 1.

@@ -14,6 +14,8 @@
 #include "block.h"
 
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -54,8 +56,8 @@ struct Thread {
 };
 
 struct Warp {
-    int lanes;       // threads of the block in this warp
-    int arrived;     // lanes waiting in the current collective
+    int lanes;    // threads of the block in this warp
+    int arrived;  // lanes waiting in the current collective
     int exited;
     int at_barrier;  // lanes waiting at a block barrier
     Collective kind;
@@ -70,7 +72,7 @@ struct BlockBarrier {
     int arrived;
     Barrier kind;
     Site site;
-    int count;   // predicates that were true
+    int count;  // predicates that were true
     int result;
 };
 
@@ -129,9 +131,14 @@ void fiber_entry(void *arg);
 class BlockRun {
 public:
     BlockRun(const LaunchSite &site, dim3 grid, dim3 block, const KernelCall &call)
-        : site_(site), grid_(grid), block_(block), call_(call),
-          n_(static_cast<int>(block.x * block.y * block.z)), threads_(static_cast<size_t>(n_)),
-          warps_(static_cast<size_t>((n_ + 31) / 32)), tid_(syscall(SYS_gettid)) {
+        : site_(site),
+          grid_(grid),
+          block_(block),
+          call_(call),
+          n_(static_cast<int>(block.x * block.y * block.z)),
+          threads_(static_cast<size_t>(n_)),
+          warps_(static_cast<size_t>((n_ + 31) / 32)),
+          tid_(syscall(SYS_gettid)) {
         for (int t = 0; t < n_; ++t) {
             const unsigned u = static_cast<unsigned>(t);
             threads_[static_cast<size_t>(t)].idx =
@@ -202,15 +209,15 @@ public:
         ++w.exited;
         if (barrier_.arrived > 0)
             fault(cudaErrorLaunchFailure,
-                  format("exited while %d thread(s) wait at %s (%s:%d): every thread of the "
-                         "block must reach each barrier",
-                         barrier_.arrived, barrier_name(barrier_.kind), barrier_.site.file,
-                         barrier_.site.line));
+                  "exited while %d thread(s) wait at %s (%s:%d): every thread of the "
+                  "block must reach each barrier",
+                  barrier_.arrived, barrier_name(barrier_.kind), barrier_.site.file,
+                  barrier_.site.line);
         if (w.arrived > 0)
             fault(cudaErrorLaunchFailure,
-                  format("exited while %d lane(s) of its warp wait in %s (%s:%d) with a full "
-                         "mask that names it",
-                         w.arrived, collective_name(w.kind), w.site.file, w.site.line));
+                  "exited while %d lane(s) of its warp wait in %s (%s:%d): every lane the "
+                  "mask names must arrive",
+                  w.arrived, collective_name(w.kind), w.site.file, w.site.line);
         finished_ = me.stack;
         me.stack = nullptr;
         current_ = -1;
@@ -224,22 +231,22 @@ public:
         BlockBarrier &b = barrier_;
         if (exited_ > 0)
             fault(cudaErrorLaunchFailure,
-                  format("%s at %s:%d after %d thread(s) of the block exited (first: %s); every "
-                         "thread must reach each barrier",
-                         barrier_name(kind), site.file, site.line, exited_,
-                         thread_name(first_thread(State::kExited)).c_str()));
+                  "%s at %s:%d after %d thread(s) of the block exited (first: %s); every "
+                  "thread must reach each barrier",
+                  barrier_name(kind), site.file, site.line, exited_,
+                  thread_name(first_thread(State::kExited)).c_str());
         if (b.arrived > 0 && (b.kind != kind || !same_site(b.site, site)))
             fault(cudaErrorLaunchFailure,
-                  format("divergent barrier: it reached %s at %s:%d while %d thread(s) wait at "
-                         "%s at %s:%d",
-                         barrier_name(kind), site.file, site.line, b.arrived,
-                         barrier_name(b.kind), b.site.file, b.site.line));
+                  "divergent barrier: it reached %s at %s:%d while %d thread(s) wait at "
+                  "%s at %s:%d",
+                  barrier_name(kind), site.file, site.line, b.arrived, barrier_name(b.kind),
+                  b.site.file, b.site.line);
         if (w.arrived > 0)
             fault(cudaErrorLaunchFailure,
-                  format("deadlock: it reached %s at %s:%d while %d lane(s) of its warp wait in "
-                         "%s at %s:%d",
-                         barrier_name(kind), site.file, site.line, w.arrived,
-                         collective_name(w.kind), w.site.file, w.site.line));
+                  "deadlock: it reached %s at %s:%d while %d lane(s) of its warp wait in "
+                  "%s at %s:%d",
+                  barrier_name(kind), site.file, site.line, w.arrived, collective_name(w.kind),
+                  w.site.file, w.site.line);
         if (b.arrived == 0) {
             b.kind = kind;
             b.site = site;
@@ -276,34 +283,34 @@ public:
         Warp &w = warps_[static_cast<size_t>(t / 32)];
         if (mask != kFullMask)
             fault(cudaErrorLaunchFailure,
-                  format("%s at %s:%d with mask 0x%08x: the harness runs only full-mask warp "
-                         "collectives (0xffffffff)",
-                         collective_name(kind), site.file, site.line, mask));
+                  "%s at %s:%d with mask 0x%08x: the harness runs only full-mask warp "
+                  "collectives (0xffffffff)",
+                  collective_name(kind), site.file, site.line, mask);
         if (w.lanes != 32)
             fault(cudaErrorLaunchFailure,
-                  format("%s at %s:%d with a full mask in a warp of %d thread(s): the mask names "
-                         "lanes the block does not have",
-                         collective_name(kind), site.file, site.line, w.lanes));
+                  "%s at %s:%d with a full mask in a warp of %d thread(s): the mask names "
+                  "lanes the block does not have",
+                  collective_name(kind), site.file, site.line, w.lanes);
         if (width < 1 || width > 32 || (width & (width - 1)) != 0)
             fault(cudaErrorLaunchFailure,
-                  format("%s at %s:%d with width %d: it must be a power of two up to 32",
-                         collective_name(kind), site.file, site.line, width));
+                  "%s at %s:%d with width %d: it must be a power of two up to 32",
+                  collective_name(kind), site.file, site.line, width);
         if (w.exited > 0)
             fault(cudaErrorLaunchFailure,
-                  format("%s at %s:%d after %d lane(s) of the warp exited: every lane the mask "
-                         "names must arrive",
-                         collective_name(kind), site.file, site.line, w.exited));
+                  "%s at %s:%d after %d lane(s) of the warp exited: every lane the mask "
+                  "names must arrive",
+                  collective_name(kind), site.file, site.line, w.exited);
         if (w.at_barrier > 0)
             fault(cudaErrorLaunchFailure,
-                  format("deadlock: %s at %s:%d while %d lane(s) of the warp wait at %s (%s:%d)",
-                         collective_name(kind), site.file, site.line, w.at_barrier,
-                         barrier_name(barrier_.kind), barrier_.site.file, barrier_.site.line));
+                  "deadlock: %s at %s:%d while %d lane(s) of the warp wait at %s (%s:%d)",
+                  collective_name(kind), site.file, site.line, w.at_barrier,
+                  barrier_name(barrier_.kind), barrier_.site.file, barrier_.site.line);
         if (w.arrived > 0 && (w.kind != kind || !same_site(w.site, site) || w.width != width))
             fault(cudaErrorLaunchFailure,
-                  format("divergent warp: it reached %s at %s:%d (width %d) while %d lane(s) wait "
-                         "in %s at %s:%d (width %d)",
-                         collective_name(kind), site.file, site.line, width, w.arrived,
-                         collective_name(w.kind), w.site.file, w.site.line, w.width));
+                  "divergent warp: it reached %s at %s:%d (width %d) while %d lane(s) wait "
+                  "in %s at %s:%d (width %d)",
+                  collective_name(kind), site.file, site.line, width, w.arrived,
+                  collective_name(w.kind), w.site.file, w.site.line, w.width);
         if (w.arrived == 0) {
             w.kind = kind;
             w.site = site;
@@ -397,10 +404,20 @@ private:
         builtins.thread_idx = threads_[static_cast<size_t>(t)].idx;
     }
 
-    [[noreturn]] void fault(cudaError_t code, const std::string &what) {
+    // Abandons the running fiber: nothing on its stack is destroyed, so
+    // the report is formatted straight into why_ (a std::string argument
+    // built by the caller would leak).
+    [[noreturn]] __attribute__((format(printf, 3, 4))) void fault(cudaError_t code, const char *fmt,
+                                                                  ...) {
+        char what[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
         faulted_ = true;
         code_ = code;
-        why_ = where() + ", " + thread_name(current_) + ": " + what;
+        why_ = where();
+        why_ += ", " + thread_name(current_) + ": " + what;
         threads_[static_cast<size_t>(current_)].stack->dirty = true;
         current_ = -1;
         leave_context(main_);
@@ -425,9 +442,10 @@ private:
                    format("%p", signal_addr_) + " (" + describe(signal_addr_) + ")";
         } else if (signo_ == SIGILL) {
             code_ = cudaErrorMisalignedAddress;
-            why_ = where() + ", " + thread +
-                   ": trapped (the harness builds kernels with -fsanitize=alignment in trap mode, so "
-                   "this is a misaligned load or store, or __builtin_trap)";
+            why_ =
+                where() + ", " + thread +
+                ": trapped (the harness builds kernels with -fsanitize=alignment in trap mode, so "
+                "this is a misaligned load or store, or __builtin_trap)";
         } else {
             code_ = cudaErrorLaunchFailure;
             why_ = where() + ", " + thread +
@@ -463,8 +481,7 @@ private:
             int u = t + 1;
             while (u < n_) {
                 const Thread &b = threads_[static_cast<size_t>(u)];
-                if (b.state != a.state ||
-                    (a.state != State::kExited && !same_site(a.site, b.site)))
+                if (b.state != a.state || (a.state != State::kExited && !same_site(a.site, b.site)))
                     break;
                 ++u;
             }

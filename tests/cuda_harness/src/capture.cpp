@@ -84,7 +84,7 @@ cudaError_t capture_info(cudaStream_t stream, cudaStreamCaptureStatus *status,
         return cudaSuccess;
     }
     Capture *c = s->capture;
-    *status = !c                ? cudaStreamCaptureStatusNone
+    *status = !c               ? cudaStreamCaptureStatusNone
               : c->invalidated ? cudaStreamCaptureStatusInvalidated
                                : cudaStreamCaptureStatusActive;
     if (!c || c->invalidated) return cudaSuccess;
@@ -129,11 +129,11 @@ cudaError_t check_unsafe_call(const char *call) {
         const bool global = c->thread != me && c->mode == cudaStreamCaptureModeGlobal &&
                             t_mode == cudaStreamCaptureModeGlobal;
         if (!own && !global) continue;
-        violation("%s while stream %p is capturing (%s mode, begun by thread %ld; this thread's "
-                  "mode is %s): CUDA prohibits this potentially unsafe call and invalidates the "
-                  "capture",
-                  call, static_cast<void *>(c->stream), mode_name(c->mode), c->thread,
-                  mode_name(t_mode));
+        violation(
+            "%s while stream %p is capturing (%s mode, begun by thread %ld; this thread's "
+            "mode is %s): CUDA prohibits this potentially unsafe call and invalidates the "
+            "capture",
+            call, static_cast<void *>(c->stream), mode_name(c->mode), c->thread, mode_name(t_mode));
         invalidate(*c, std::string(call) + " during the capture");
         e = cudaErrorStreamCaptureUnsupported;
     }
@@ -144,9 +144,10 @@ cudaError_t check_legacy_stream(int device, const char *call) {
     cudaError_t e = cudaSuccess;
     for (Capture *c : captures()) {
         if (c->stream->device != device || (c->stream->flags & cudaStreamNonBlocking)) continue;
-        violation("%s while blocking stream %p is capturing: the legacy stream would depend on "
-                  "it",
-                  call, static_cast<void *>(c->stream));
+        violation(
+            "%s while blocking stream %p is capturing: the legacy stream would depend on "
+            "it",
+            call, static_cast<void *>(c->stream));
         invalidate(*c, std::string(call) + " on the legacy stream");
         e = cudaErrorStreamCaptureImplicit;
     }
@@ -189,7 +190,8 @@ using namespace koala_harness;
 
 extern "C" {
 
-cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode) {
+cudaError_t koala_harness_cudaStreamBeginCapture(const void *instance, cudaStream_t stream,
+                                                 enum cudaStreamCaptureMode mode) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -206,7 +208,8 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMo
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph) {
+cudaError_t koala_harness_cudaStreamEndCapture(const void *instance, cudaStream_t stream,
+                                               cudaGraph_t *pGraph) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -231,25 +234,24 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph) {
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream,
-                                     enum cudaStreamCaptureStatus *captureStatus_out,
-                                     unsigned long long *id_out, cudaGraph_t *graph_out,
-                                     const cudaGraphNode_t **dependencies_out,
-                                     const cudaGraphEdgeData **edgeData_out,
-                                     size_t *numDependencies_out) {
+cudaError_t koala_harness_cudaStreamGetCaptureInfo(
+    const void *instance, cudaStream_t stream, enum cudaStreamCaptureStatus *captureStatus_out,
+    unsigned long long *id_out, cudaGraph_t *graph_out, const cudaGraphNode_t **dependencies_out,
+    const cudaGraphEdgeData **edgeData_out, size_t *numDependencies_out) {
     KOALA_HARNESS_CALL();
     return call.done(capture_info(stream, captureStatus_out, id_out, graph_out, dependencies_out,
                                   edgeData_out, numDependencies_out));
 }
 
-cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
-                                  enum cudaStreamCaptureStatus *pCaptureStatus) {
+cudaError_t koala_harness_cudaStreamIsCapturing(const void *instance, cudaStream_t stream,
+                                                enum cudaStreamCaptureStatus *pCaptureStatus) {
     KOALA_HARNESS_CALL();
     return call.done(
         capture_info(stream, pCaptureStatus, nullptr, nullptr, nullptr, nullptr, nullptr));
 }
 
-cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode) {
+cudaError_t koala_harness_cudaThreadExchangeStreamCaptureMode(const void *instance,
+                                                              enum cudaStreamCaptureMode *mode) {
     KOALA_HARNESS_CALL();
     if (!mode || *mode < cudaStreamCaptureModeGlobal || *mode > cudaStreamCaptureModeRelaxed)
         return call.done(cudaErrorInvalidValue);
@@ -259,7 +261,8 @@ cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *numNodes) {
+cudaError_t koala_harness_cudaGraphGetNodes(const void *instance, cudaGraph_t graph,
+                                            cudaGraphNode_t *nodes, size_t *numNodes) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -273,7 +276,8 @@ cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes, size_t 
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, enum cudaGraphNodeType *pType) {
+cudaError_t koala_harness_cudaGraphNodeGetType(const void *instance, cudaGraphNode_t node,
+                                               enum cudaGraphNodeType *pType) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -288,8 +292,8 @@ cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node, enum cudaGraphNodeType *p
     return call.done(cudaErrorInvalidValue);
 }
 
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t *pGraphExec, cudaGraph_t graph,
-                                 unsigned long long flags) {
+cudaError_t koala_harness_cudaGraphInstantiate(const void *instance, cudaGraphExec_t *pGraphExec,
+                                               cudaGraph_t graph, unsigned long long flags) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -303,7 +307,8 @@ cudaError_t cudaGraphInstantiate(cudaGraphExec_t *pGraphExec, cudaGraph_t graph,
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
+cudaError_t koala_harness_cudaGraphLaunch(const void *instance, cudaGraphExec_t graphExec,
+                                          cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -328,7 +333,7 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream) {
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+cudaError_t koala_harness_cudaGraphDestroy(const void *instance, cudaGraph_t graph) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -340,7 +345,7 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
     return cudaSuccess;
 }
 
-cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec) {
+cudaError_t koala_harness_cudaGraphExecDestroy(const void *instance, cudaGraphExec_t graphExec) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);

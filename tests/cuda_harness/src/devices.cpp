@@ -46,10 +46,10 @@ const Config &config() {
         const char *d = getenv("KOALA_HARNESS_DEVICES");
         k.driver = !(d && strcmp(d, "no-driver") == 0);
         k.devices = k.driver ? static_cast<int>(env_number("KOALA_HARNESS_DEVICES", 1, 0, 16)) : 0;
-        k.memory_bytes = static_cast<size_t>(env_number("KOALA_HARNESS_MEMORY_MB", 4096, 1,
-                                                        1 << 24)) << 20;
-        k.stack_bytes = static_cast<size_t>(env_number("KOALA_HARNESS_STACK_KB", 256, 16,
-                                                       1 << 20)) << 10;
+        k.memory_bytes =
+            static_cast<size_t>(env_number("KOALA_HARNESS_MEMORY_MB", 4096, 1, 1 << 24)) << 20;
+        k.stack_bytes = static_cast<size_t>(env_number("KOALA_HARNESS_STACK_KB", 256, 16, 1 << 20))
+                        << 10;
         return k;
     }();
     return c;
@@ -94,7 +94,7 @@ using namespace koala_harness;
 
 extern "C" {
 
-cudaError_t cudaGetDeviceCount(int *count) {
+cudaError_t koala_harness_cudaGetDeviceCount(const void *instance, int *count) {
     KOALA_HARNESS_CALL();
     if (!count) return call.done(cudaErrorInvalidValue);
     const cudaError_t e = init_error();
@@ -103,7 +103,7 @@ cudaError_t cudaGetDeviceCount(int *count) {
     return cudaSuccess;
 }
 
-cudaError_t cudaSetDevice(int device) {
+cudaError_t koala_harness_cudaSetDevice(const void *instance, int device) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = init_error();
     if (e != cudaSuccess) return call.done(e);
@@ -112,7 +112,7 @@ cudaError_t cudaSetDevice(int device) {
     return cudaSuccess;
 }
 
-cudaError_t cudaGetDevice(int *device) {
+cudaError_t koala_harness_cudaGetDevice(const void *instance, int *device) {
     KOALA_HARNESS_CALL();
     if (!device) return call.done(cudaErrorInvalidValue);
     const cudaError_t e = init_error();
@@ -121,7 +121,8 @@ cudaError_t cudaGetDevice(int *device) {
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int device) {
+cudaError_t koala_harness_cudaDeviceGetAttribute(const void *instance, int *value,
+                                                 enum cudaDeviceAttr attr, int device) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = init_error();
     if (e != cudaSuccess) return call.done(e);
@@ -139,7 +140,8 @@ cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr, int dev
     return cudaSuccess;
 }
 
-cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
+cudaError_t koala_harness_cudaGetDeviceProperties(const void *instance, struct cudaDeviceProp *prop,
+                                                  int device) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = init_error();
     if (e != cudaSuccess) return call.done(e);
@@ -161,7 +163,8 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device) {
     return cudaSuccess;
 }
 
-cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *func) {
+cudaError_t koala_harness_cudaFuncGetAttributes(const void *instance,
+                                                struct cudaFuncAttributes *attr, const void *func) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -173,7 +176,7 @@ cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr, const void *f
     return cudaSuccess;
 }
 
-cudaError_t cudaDeviceSynchronize(void) {
+cudaError_t koala_harness_cudaDeviceSynchronize(const void *instance) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -186,7 +189,7 @@ cudaError_t cudaDeviceSynchronize(void) {
 
 // As on a GPU: the device's memory, streams, events, graphs and queued
 // work are gone, and its sticky error is cleared.
-cudaError_t cudaDeviceReset(void) {
+cudaError_t koala_harness_cudaDeviceReset(const void *instance) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = init_error();
     if (e != cudaSuccess) return call.done(e);

@@ -1,7 +1,5 @@
-// Error state: the calling runtime instance and its per-thread last
-// error, error names and strings, violations and the exit status they
-// force.
-#include <dlfcn.h>
+// Error state: the per-thread last error of each runtime instance, error names and strings,
+// violations and the exit status they force.
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,17 +19,6 @@ std::atomic<int> g_violations{0};
 
 // Per host thread and runtime instance (the shared object that called).
 thread_local std::unordered_map<const void *, cudaError_t> t_last_error;
-
-const void *instance_of(const void *return_address) {
-    static std::unordered_map<const void *, const void *> &cache =
-        *new std::unordered_map<const void *, const void *>;
-    auto it = cache.find(return_address);
-    if (it != cache.end()) return it->second;
-    Dl_info info;
-    const void *base = dladdr(return_address, &info) ? info.dli_fbase : nullptr;
-    cache.emplace(return_address, base);
-    return base;
-}
 
 void at_exit() {
     std::lock_guard<std::recursive_mutex> lock(api_mutex());
@@ -104,8 +91,7 @@ std::recursive_mutex &api_mutex() {
     return m;
 }
 
-ApiCall::ApiCall(const void *return_address)
-    : lock_(api_mutex()), instance_(instance_of(return_address)) {
+ApiCall::ApiCall(const void *instance) : lock_(api_mutex()), instance_(instance) {
     static const bool registered = atexit(at_exit) == 0;
     (void)registered;
 }
@@ -173,7 +159,7 @@ const char *cudaGetErrorName(cudaError_t error) {
 
 // A sticky error is returned and kept; any other last error is returned
 // once (GetLastError) and cleared.
-cudaError_t cudaGetLastError(void) {
+cudaError_t koala_harness_cudaGetLastError(const void *instance) {
     KOALA_HARNESS_CALL();
     if (koala_harness::init_error() == cudaSuccess) {
         const cudaError_t s = koala_harness::sticky_error(koala_harness::current_device());
@@ -182,7 +168,7 @@ cudaError_t cudaGetLastError(void) {
     return call.last_error(true);
 }
 
-cudaError_t cudaPeekAtLastError(void) {
+cudaError_t koala_harness_cudaPeekAtLastError(const void *instance) {
     KOALA_HARNESS_CALL();
     if (koala_harness::init_error() == cudaSuccess) {
         const cudaError_t s = koala_harness::sticky_error(koala_harness::current_device());

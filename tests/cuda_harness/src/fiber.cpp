@@ -76,6 +76,10 @@ size_t page_bytes() {
     return page;
 }
 
+// Inaccessible memory below each stack: larger than any frame a kernel
+// thread is likely to allocate, so an overflow cannot jump over it.
+constexpr size_t kGuardBytes = 64 * 1024;
+
 // Every stack ever mapped (for guard lookups) and the free ones (LIFO).
 std::vector<Stack *> &all_stacks() {
     static std::vector<Stack *> &v = *new std::vector<Stack *>;
@@ -131,13 +135,13 @@ Stack *acquire_stack() {
     }
     const size_t page = page_bytes();
     const size_t size = (fiber_stack_bytes() + page - 1) / page * page;
-    void *m = mmap(nullptr, size + page, PROT_READ | PROT_WRITE,
+    void *m = mmap(nullptr, size + kGuardBytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED || mprotect(m, page, PROT_NONE) != 0) {
+    if (m == MAP_FAILED || mprotect(m, kGuardBytes, PROT_NONE) != 0) {
         fprintf(stderr, "koala-harness: cannot map a %zu-byte fiber stack\n", size);
         abort();
     }
-    Stack *s = new Stack{static_cast<char *>(m) + page, size, false};
+    Stack *s = new Stack{static_cast<char *>(m) + kGuardBytes, size, false};
     all_stacks().push_back(s);
     return s;
 }
@@ -147,7 +151,7 @@ void release_stack(Stack *s) { free_stacks().push_back(s); }
 bool in_stack_guard(const void *addr) {
     const char *a = static_cast<const char *>(addr);
     for (const Stack *s : all_stacks())
-        if (a >= s->base - page_bytes() && a < s->base) return true;
+        if (a >= s->base - kGuardBytes && a < s->base) return true;
     return false;
 }
 
@@ -161,12 +165,12 @@ void prepare_context(Context &ctx, Stack &stack, void (*entry)(void *), void *ar
     uint32_t csr[2] = {0, 0};
     __asm__ volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(csr[0]), "=m"(csr[1]));
     __builtin_memcpy(&frame[0], csr, sizeof csr);
-    frame[1] = nullptr;                                   // r15
-    frame[2] = nullptr;                                   // r14
-    frame[3] = reinterpret_cast<void *>(entry);           // r13
-    frame[4] = arg;                                       // r12
-    frame[5] = nullptr;                                   // rbx
-    frame[6] = nullptr;                                   // rbp: ends frame-pointer unwinds
+    frame[1] = nullptr;                          // r15
+    frame[2] = nullptr;                          // r14
+    frame[3] = reinterpret_cast<void *>(entry);  // r13
+    frame[4] = arg;                              // r12
+    frame[5] = nullptr;                          // rbx
+    frame[6] = nullptr;                          // rbp: ends frame-pointer unwinds
     frame[7] = reinterpret_cast<void *>(&koala_harness_fiber_start);
     ctx.sp = frame;
     ctx.stack_bottom = stack.base;

@@ -10,25 +10,25 @@
 namespace koala_harness {
 
 struct Context {
-    void *sp = nullptr;               // saved stack pointer of a suspended context
+    void *sp = nullptr;  // saved stack pointer of a suspended context
     const void *stack_bottom = nullptr;
-    size_t stack_size = 0;            // 0: not known yet (a thread's own stack)
+    size_t stack_size = 0;  // 0: not known yet (a thread's own stack)
     void *asan_fake_stack = nullptr;
 };
 
-// A fiber stack with an inaccessible guard page below it: a kernel thread
+// A fiber stack with an inaccessible guard region below it: a kernel thread
 // that overflows its stack faults instead of overwriting another one.
 struct Stack {
-    char *base;    // lowest usable byte
+    char *base;  // lowest usable byte
     size_t size;
-    bool dirty;    // left mid-call (a fault): its ASan frame poisoning is stale
+    bool dirty;  // left mid-call (a fault): its ASan frame poisoning is stale
 };
 
 // From a LIFO pool, so threads that finish without waiting reuse one hot
 // stack; released stacks stay mapped for the next block.
 Stack *acquire_stack();
 void release_stack(Stack *s);
-// Whether addr is in the guard page of a fiber stack (a stack overflow).
+// Whether addr is in the guard region of a fiber stack (a stack overflow).
 bool in_stack_guard(const void *addr);
 
 // Makes `ctx` start entry(arg) on `stack` when it is switched to.

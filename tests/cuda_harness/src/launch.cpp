@@ -34,17 +34,16 @@ private:
 };
 
 bool valid_config(dim3 grid, dim3 block) {
-    const unsigned long long threads =
-        static_cast<unsigned long long>(block.x) * block.y * block.z;
-    return grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 &&
-           grid.z >= 1 && grid.z <= 65535 && block.x >= 1 && block.x <= 1024 && block.y >= 1 &&
-           block.y <= 1024 && block.z >= 1 && block.z <= 64 && threads <= 1024;
+    const unsigned long long threads = static_cast<unsigned long long>(block.x) * block.y * block.z;
+    return grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
+           grid.z <= 65535 && block.x >= 1 && block.x <= 1024 && block.y >= 1 && block.y <= 1024 &&
+           block.z >= 1 && block.z <= 64 && threads <= 1024;
 }
 
 }  // namespace
 
-void submit_launch(const LaunchSite &site, dim3 grid, dim3 block, size_t shmem,
-                   cudaStream_t stream, const void *kernel,
+void submit_launch(const void *instance, const LaunchSite &site, dim3 grid, dim3 block,
+                   size_t shmem, cudaStream_t stream, const void *kernel,
                    std::shared_ptr<const KernelCall> kernel_call) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
@@ -61,9 +60,10 @@ void submit_launch(const LaunchSite &site, dim3 grid, dim3 block, size_t shmem,
         return;
     }
     if (shmem != 0) {
-        violation("launch of %s at %s:%d asks for %zu bytes of dynamic shared memory: the harness "
-                  "has none (extern __shared__ is not modelled)",
-                  site.kernel, site.file, site.line, shmem);
+        violation(
+            "launch of %s at %s:%d asks for %zu bytes of dynamic shared memory: the harness "
+            "has none (extern __shared__ is not modelled)",
+            site.kernel, site.file, site.line, shmem);
         call.done(cudaErrorNotSupported);
         return;
     }
@@ -76,8 +76,8 @@ void submit_launch(const LaunchSite &site, dim3 grid, dim3 block, size_t shmem,
         call.done(cudaErrorInvalidResourceHandle);
         return;
     }
-    call.done(submit(s, std::make_shared<KernelWork>(s->device, site, grid, block,
-                                                     std::move(kernel_call))));
+    call.done(submit(
+        s, std::make_shared<KernelWork>(s->device, site, grid, block, std::move(kernel_call))));
 }
 
 }  // namespace koala_harness

@@ -127,8 +127,8 @@ bool release(void *p, bool host) {
     live().erase(it);
     if (x.type != cudaMemoryTypeHost) used_bytes()[static_cast<size_t>(x.device)] -= x.size;
     // Keep the range reserved and inaccessible; give its memory back.
-    mmap(x.map, x.map_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED,
-         -1, 0);
+    mmap(x.map, x.map_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+         0);
     freed()[reinterpret_cast<uintptr_t>(x.base)] = x;
     return true;
 }
@@ -174,10 +174,11 @@ cudaError_t check_copy(const char *call, void *dst, const void *src, size_t coun
         const bool dst_ok = dst_dev ? device_accessible(*dst_side) : host_accessible(*dst_side);
         const bool src_ok = src_dev ? device_accessible(*src_side) : host_accessible(*src_side);
         if (!dst_ok || !src_ok) {
-            violation("%s(%s) of %zu bytes: %s is %s, which the copy kind does not allow "
-                      "(undefined in CUDA)",
-                      call, kind_name(kind), count, dst_ok ? "src" : "dst",
-                      describe(dst_ok ? src : dst).c_str());
+            violation(
+                "%s(%s) of %zu bytes: %s is %s, which the copy kind does not allow "
+                "(undefined in CUDA)",
+                call, kind_name(kind), count, dst_ok ? "src" : "dst",
+                describe(dst_ok ? src : dst).c_str());
             return cudaErrorInvalidValue;
         }
     }
@@ -327,7 +328,7 @@ using namespace koala_harness;
 
 extern "C" {
 
-cudaError_t cudaMalloc(void **devPtr, size_t size) {
+cudaError_t koala_harness_cudaMalloc(const void *instance, void **devPtr, size_t size) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -337,7 +338,8 @@ cudaError_t cudaMalloc(void **devPtr, size_t size) {
     return call.done(allocate(devPtr, size, cudaMemoryTypeDevice));
 }
 
-cudaError_t cudaMallocManaged(void **devPtr, size_t size, unsigned int flags) {
+cudaError_t koala_harness_cudaMallocManaged(const void *instance, void **devPtr, size_t size,
+                                            unsigned int flags) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -348,7 +350,8 @@ cudaError_t cudaMallocManaged(void **devPtr, size_t size, unsigned int flags) {
     return call.done(allocate(devPtr, size, cudaMemoryTypeManaged));
 }
 
-cudaError_t cudaHostAlloc(void **pHost, size_t size, unsigned int flags) {
+cudaError_t koala_harness_cudaHostAlloc(const void *instance, void **pHost, size_t size,
+                                        unsigned int flags) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -358,7 +361,7 @@ cudaError_t cudaHostAlloc(void **pHost, size_t size, unsigned int flags) {
     return call.done(allocate(pHost, size, cudaMemoryTypeHost));
 }
 
-cudaError_t cudaMallocHost(void **ptr, size_t size) {
+cudaError_t koala_harness_cudaMallocHost(const void *instance, void **ptr, size_t size) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -369,7 +372,7 @@ cudaError_t cudaMallocHost(void **ptr, size_t size) {
 }
 
 // Freeing synchronises: queued work runs first.
-cudaError_t cudaFree(void *devPtr) {
+cudaError_t koala_harness_cudaFree(const void *instance, void *devPtr) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -378,14 +381,14 @@ cudaError_t cudaFree(void *devPtr) {
     if (e != cudaSuccess) return call.done(e);
     drain();
     if (!release(devPtr, false)) {
-        violation("cudaFree(%p): not the start of a live device or managed allocation (%s)",
-                  devPtr, describe(devPtr).c_str());
+        violation("cudaFree(%p): not the start of a live device or managed allocation (%s)", devPtr,
+                  describe(devPtr).c_str());
         return call.done(cudaErrorInvalidValue);
     }
     return call.done(sticky_error(current_device()));
 }
 
-cudaError_t cudaFreeHost(void *ptr) {
+cudaError_t koala_harness_cudaFreeHost(const void *instance, void *ptr) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -401,7 +404,7 @@ cudaError_t cudaFreeHost(void *ptr) {
     return call.done(sticky_error(current_device()));
 }
 
-cudaError_t cudaMemGetInfo(size_t *free, size_t *total) {
+cudaError_t koala_harness_cudaMemGetInfo(const void *instance, size_t *free, size_t *total) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -413,7 +416,9 @@ cudaError_t cudaMemGetInfo(size_t *free, size_t *total) {
 
 // Host pointers the runtime does not know are cudaMemoryTypeUnregistered
 // (device -2, the runtime's "no device"), as since CUDA 11.
-cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, const void *ptr) {
+cudaError_t koala_harness_cudaPointerGetAttributes(const void *instance,
+                                                   struct cudaPointerAttributes *attributes,
+                                                   const void *ptr) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -437,7 +442,8 @@ cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes, c
 }
 
 // Synchronous: earlier work runs first, then the copy.
-cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind) {
+cudaError_t koala_harness_cudaMemcpy(const void *instance, void *dst, const void *src, size_t count,
+                                     enum cudaMemcpyKind kind) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -454,8 +460,9 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t count, enum cudaMemcpy
     return cudaSuccess;
 }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
-                            cudaStream_t stream) {
+cudaError_t koala_harness_cudaMemcpyAsync(const void *instance, void *dst, const void *src,
+                                          size_t count, enum cudaMemcpyKind kind,
+                                          cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -468,14 +475,15 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count, enum cudaM
 }
 
 // cudaMemset is asynchronous for device memory: legacy-stream work.
-cudaError_t cudaMemset(void *devPtr, int value, size_t count) {
+cudaError_t koala_harness_cudaMemset(const void *instance, void *devPtr, int value, size_t count) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
     return call.done(memset_on("cudaMemset", devPtr, value, count, nullptr));
 }
 
-cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t stream) {
+cudaError_t koala_harness_cudaMemsetAsync(const void *instance, void *devPtr, int value,
+                                          size_t count, cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);

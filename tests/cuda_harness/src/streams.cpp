@@ -8,7 +8,7 @@
 #include "work.h"
 
 struct CUevent_st {
-    unsigned long long serial;            // tells a reused address from the old event
+    unsigned long long serial;  // tells a reused address from the old event
     int device;
     unsigned flags;
     bool recorded;                        // a record was issued
@@ -128,9 +128,10 @@ cudaError_t submit(CUstream_st *s, std::shared_ptr<Work> w) {
         if (c->invalidated) return cudaErrorStreamCaptureInvalidated;
         std::string why;
         if (!w->capturable(&why)) {
-            violation("stream %p is capturing: %s (CUDA returns "
-                      "cudaErrorStreamCaptureUnsupported)",
-                      static_cast<void *>(s), why.c_str());
+            violation(
+                "stream %p is capturing: %s (CUDA returns "
+                "cudaErrorStreamCaptureUnsupported)",
+                static_cast<void *>(s), why.c_str());
             invalidate(*c, why);
             return cudaErrorStreamCaptureUnsupported;
         }
@@ -150,7 +151,8 @@ void drain() {
     while (!q.empty()) {
         const std::shared_ptr<Work> w = q.front();
         q.pop_front();
-        if (sticky_error(w->device()) == cudaSuccess) w->execute();  // a faulted context runs nothing
+        if (sticky_error(w->device()) == cudaSuccess)
+            w->execute();  // a faulted context runs nothing
     }
 }
 
@@ -161,8 +163,7 @@ void forget_capture(const Capture *c) {
 
 void reset_device_work(int device) {
     std::deque<std::shared_ptr<Work>> &q = queue();
-    for (auto it = q.begin(); it != q.end();)
-        it = (*it)->device() == device ? q.erase(it) : it + 1;
+    for (auto it = q.begin(); it != q.end();) it = (*it)->device() == device ? q.erase(it) : it + 1;
     for (auto it = streams().begin(); it != streams().end();) {
         if ((*it)->device != device) {
             ++it;
@@ -187,18 +188,19 @@ using namespace koala_harness;
 
 extern "C" {
 
-cudaError_t cudaStreamCreateWithFlags(cudaStream_t *pStream, unsigned int flags) {
+cudaError_t koala_harness_cudaStreamCreateWithFlags(const void *instance, cudaStream_t *pStream,
+                                                    unsigned int flags) {
     KOALA_HARNESS_CALL();
     return call.done(create_stream(pStream, flags));
 }
 
-cudaError_t cudaStreamCreate(cudaStream_t *pStream) {
+cudaError_t koala_harness_cudaStreamCreate(const void *instance, cudaStream_t *pStream) {
     KOALA_HARNESS_CALL();
     return call.done(create_stream(pStream, cudaStreamDefault));
 }
 
 // Work already issued to the stream still runs, as in CUDA.
-cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+cudaError_t koala_harness_cudaStreamDestroy(const void *instance, cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -214,7 +216,7 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+cudaError_t koala_harness_cudaStreamSynchronize(const void *instance, cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -228,7 +230,7 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 }
 
 // Everything queued is run, so the stream is then idle.
-cudaError_t cudaStreamQuery(cudaStream_t stream) {
+cudaError_t koala_harness_cudaStreamQuery(const void *instance, cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -242,7 +244,8 @@ cudaError_t cudaStreamQuery(cudaStream_t stream) {
 
 // Issue order already orders everything after the event's record; a wait
 // that would join another stream into a capture is not modelled.
-cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+cudaError_t koala_harness_cudaStreamWaitEvent(const void *instance, cudaStream_t stream,
+                                              cudaEvent_t event, unsigned int flags) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -252,26 +255,28 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
     if (!ev) return call.done(cudaErrorInvalidResourceHandle);
     if (flags != 0) return call.done(cudaErrorInvalidValue);
     if (ev->captured_in && ev->captured_in->stream != s) {
-        violation("cudaStreamWaitEvent: stream %p would join the capture of stream %p; the "
-                  "harness captures one stream at a time",
-                  static_cast<void *>(s), static_cast<void *>(ev->captured_in->stream));
+        violation(
+            "cudaStreamWaitEvent: stream %p would join the capture of stream %p; the "
+            "harness captures one stream at a time",
+            static_cast<void *>(s), static_cast<void *>(ev->captured_in->stream));
         invalidate(*ev->captured_in, "a cross-stream capture");
         return call.done(cudaErrorNotSupported);
     }
     return cudaSuccess;
 }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+cudaError_t koala_harness_cudaEventCreateWithFlags(const void *instance, cudaEvent_t *event,
+                                                   unsigned int flags) {
     KOALA_HARNESS_CALL();
     return call.done(create_event(event, flags));
 }
 
-cudaError_t cudaEventCreate(cudaEvent_t *event) {
+cudaError_t koala_harness_cudaEventCreate(const void *instance, cudaEvent_t *event) {
     KOALA_HARNESS_CALL();
     return call.done(create_event(event, cudaEventDefault));
 }
 
-cudaError_t cudaEventDestroy(cudaEvent_t event) {
+cudaError_t koala_harness_cudaEventDestroy(const void *instance, cudaEvent_t event) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -282,7 +287,8 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
     return cudaSuccess;
 }
 
-cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+cudaError_t koala_harness_cudaEventRecord(const void *instance, cudaEvent_t event,
+                                          cudaStream_t stream) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -303,7 +309,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
     return cudaSuccess;
 }
 
-cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+cudaError_t koala_harness_cudaEventSynchronize(const void *instance, cudaEvent_t event) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -315,7 +321,7 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     return call.done(sticky_error(ev->device));
 }
 
-cudaError_t cudaEventQuery(cudaEvent_t event) {
+cudaError_t koala_harness_cudaEventQuery(const void *instance, cudaEvent_t event) {
     KOALA_HARNESS_CALL();
     cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);
@@ -330,7 +336,8 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
 // Host time between the two records' execution: it says nothing about a
 // GPU. An event whose record has not run yet is cudaErrorNotReady (no
 // synchronisation happens here, as in CUDA).
-cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end) {
+cudaError_t koala_harness_cudaEventElapsedTime(const void *instance, float *ms, cudaEvent_t start,
+                                               cudaEvent_t end) {
     KOALA_HARNESS_CALL();
     const cudaError_t e = usable();
     if (e != cudaSuccess) return call.done(e);

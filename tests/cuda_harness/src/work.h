@@ -38,8 +38,8 @@ struct Capture;
 struct CUstream_st {
     int device;
     unsigned flags;
-    bool legacy;                           // the NULL stream of `device`
-    koala_harness::Capture *capture;       // active capture, or nullptr
+    bool legacy;                      // the NULL stream of `device`
+    koala_harness::Capture *capture;  // active capture, or nullptr
 };
 
 struct CUgraphNode_st {
@@ -48,7 +48,7 @@ struct CUgraphNode_st {
 
 struct CUgraph_st {
     std::vector<std::unique_ptr<CUgraphNode_st>> nodes;
-    bool capturing;                        // still being captured into
+    bool capturing;  // still being captured into
 };
 
 namespace koala_harness {
@@ -56,11 +56,11 @@ namespace koala_harness {
 struct Capture {
     CUstream_st *stream;
     cudaStreamCaptureMode mode;
-    long thread;                           // the OS thread that began it
+    long thread;  // the OS thread that began it
     unsigned long long id;
     CUgraph_st *graph;
     bool invalidated;
-    std::string why;                       // what invalidated it
+    std::string why;  // what invalidated it
 };
 
 // The stream a handle names (NULL / cudaStreamLegacy: the current device's

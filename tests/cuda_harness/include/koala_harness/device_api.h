@@ -41,11 +41,15 @@ struct dim3 {
 };
 
 // The vector types with CUDA's alignment (16-byte loads need it).
-#define KOALA_HARNESS_VECTOR2(name, T, align) \
-    struct __attribute__((aligned(align))) name { T x, y; }; \
+#define KOALA_HARNESS_VECTOR2(name, T, align)     \
+    struct __attribute__((aligned(align))) name { \
+        T x, y;                                   \
+    };                                            \
     inline name make_##name(T x, T y) { return name{x, y}; }
-#define KOALA_HARNESS_VECTOR4(name, T, align) \
-    struct __attribute__((aligned(align))) name { T x, y, z, w; }; \
+#define KOALA_HARNESS_VECTOR4(name, T, align)     \
+    struct __attribute__((aligned(align))) name { \
+        T x, y, z, w;                             \
+    };                                            \
     inline name make_##name(T x, T y, T z, T w) { return name{x, y, z, w}; }
 KOALA_HARNESS_VECTOR2(int2, int, 8)
 KOALA_HARNESS_VECTOR2(uint2, unsigned int, 8)
@@ -79,8 +83,8 @@ KOALA_HARNESS_API int block_barrier(Barrier kind, int pred, const char *file, in
 // Warp collective: lane l contributes `value` and `arg` (source lane,
 // delta or lane mask; the predicate of votes) and gets the 64 bits of its
 // source lane (shuffles) or the vote over the warp.
-KOALA_HARNESS_API uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value,
-                                           int arg, int width, const char *file, int line);
+KOALA_HARNESS_API uint64_t warp_collective(Collective kind, unsigned mask, uint64_t value, int arg,
+                                           int width, const char *file, int line);
 
 template <class T>
 uint64_t to_bits(T v) {
@@ -124,8 +128,8 @@ template <class T>
 T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize,
               const char *file = __builtin_FILE(), int line = __builtin_LINE()) {
     return ::koala_harness::from_bits<T>(::koala_harness::warp_collective(
-        ::koala_harness::Collective::kShflIdx, mask, ::koala_harness::to_bits(var), src_lane,
-        width, file, line));
+        ::koala_harness::Collective::kShflIdx, mask, ::koala_harness::to_bits(var), src_lane, width,
+        file, line));
 }
 template <class T>
 T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
@@ -165,8 +169,8 @@ inline int __all_sync(unsigned mask, int pred, const char *file = __builtin_FILE
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu, const char *file = __builtin_FILE(),
                        int line = __builtin_LINE()) {
-    ::koala_harness::warp_collective(::koala_harness::Collective::kSyncWarp, mask, 0, 0,
-                                     warpSize, file, line);
+    ::koala_harness::warp_collective(::koala_harness::Collective::kSyncWarp, mask, 0, 0, warpSize,
+                                     file, line);
 }
 
 // Fences order nothing between fibers of one OS thread; they stay compiler
@@ -202,11 +206,11 @@ KOALA_HARNESS_ATOMIC(atomicExch, unsigned long long, val)
 KOALA_HARNESS_ATOMIC(atomicExch, float, val)
 #undef KOALA_HARNESS_ATOMIC
 
-#define KOALA_HARNESS_ATOMIC_CAS(T)                        \
-    inline T atomicCAS(T *address, T compare, T val) {     \
-        const T old = *address;                            \
-        if (old == compare) *address = val;                \
-        return old;                                        \
+#define KOALA_HARNESS_ATOMIC_CAS(T)                    \
+    inline T atomicCAS(T *address, T compare, T val) { \
+        const T old = *address;                        \
+        if (old == compare) *address = val;            \
+        return old;                                    \
     }
 KOALA_HARNESS_ATOMIC_CAS(int)
 KOALA_HARNESS_ATOMIC_CAS(unsigned int)

@@ -38,8 +38,9 @@ struct LaunchSite {
 
 // Queues (or captures) one launch; errors are reported through
 // cudaGetLastError of the calling runtime instance, as with <<< >>>.
-KOALA_HARNESS_API void submit_launch(const LaunchSite &site, dim3 grid, dim3 block, size_t shmem,
-                                     cudaStream_t stream, const void *kernel,
+KOALA_HARNESS_API void submit_launch(const void *instance, const LaunchSite &site, dim3 grid,
+                                     dim3 block, size_t shmem, cudaStream_t stream,
+                                     const void *kernel,
                                      std::shared_ptr<const KernelCall> kernel_call);
 
 template <class... P>
@@ -47,7 +48,8 @@ constexpr size_t param_bytes() {
     size_t offset = 0;
     const size_t sizes[] = {sizeof(P)..., 0};
     const size_t aligns[] = {alignof(P)..., 1};
-    for (size_t i = 0; i < sizeof...(P); ++i) offset = (offset + aligns[i] - 1) / aligns[i] * aligns[i] + sizes[i];
+    for (size_t i = 0; i < sizeof...(P); ++i)
+        offset = (offset + aligns[i] - 1) / aligns[i] * aligns[i] + sizes[i];
     return offset;
 }
 
@@ -69,7 +71,11 @@ class Launcher {
 public:
     Launcher(const LaunchSite &site, dim3 grid, dim3 block, size_t shmem, cudaStream_t stream,
              void (*kernel)(P...))
-        : site_(site), grid_(grid), block_(block), shmem_(shmem), stream_(stream),
+        : site_(site),
+          grid_(grid),
+          block_(block),
+          shmem_(shmem),
+          stream_(stream),
           kernel_(kernel) {}
 
     template <class... A>
@@ -77,8 +83,10 @@ public:
         static_assert(sizeof...(A) == sizeof...(P), "wrong number of kernel arguments");
         static_assert(param_bytes<P...>() <= kMaxParamBytes,
                       "kernel parameters exceed the 32764 bytes CUDA allows");
-        submit_launch(site_, grid_, block_, shmem_, stream_, reinterpret_cast<const void *>(kernel_),
-                      std::make_shared<const KernelCallOf<P...>>(kernel_, std::forward<A>(args)...));
+        submit_launch(
+            &koala_harness_instance, site_, grid_, block_, shmem_, stream_,
+            reinterpret_cast<const void *>(kernel_),
+            std::make_shared<const KernelCallOf<P...>>(kernel_, std::forward<A>(args)...));
     }
 
 private:

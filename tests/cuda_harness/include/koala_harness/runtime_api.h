@@ -150,81 +150,114 @@ typedef struct CUgraphNode_st *cudaGraphNode_t;
 #define cudaMemAttachGlobal 0x01
 #define cudaMemAttachHost 0x02
 
-extern "C" {
+// Every entry is a static inline wrapper that passes the calling shared
+// object's instance token to the exported implementation
+// koala_harness_<name>: the real runtime keeps the last error per thread
+// AND per runtime instance (the plugin links cudart statically, so its
+// errors never reach the test program's cudaGetLastError), and the one
+// harness library tells the instances apart by these tokens (one per
+// shared object: hidden visibility).
+__attribute__((visibility("hidden"))) inline char koala_harness_instance = 0;
 
-KOALA_HARNESS_API const char *cudaGetErrorString(cudaError_t error);
-KOALA_HARNESS_API const char *cudaGetErrorName(cudaError_t error);
-KOALA_HARNESS_API cudaError_t cudaGetLastError(void);
-KOALA_HARNESS_API cudaError_t cudaPeekAtLastError(void);
+#define KOALA_HARNESS_UNPAREN(...) __VA_ARGS__
+#define KOALA_HARNESS_ENTRY(name, params, args)                                                  \
+    extern "C" KOALA_HARNESS_API cudaError_t koala_harness_##name(const void *instance,          \
+                                                                  KOALA_HARNESS_UNPAREN params); \
+    static inline cudaError_t name(KOALA_HARNESS_UNPAREN params) {                               \
+        return koala_harness_##name(&koala_harness_instance, KOALA_HARNESS_UNPAREN args);        \
+    }
+#define KOALA_HARNESS_ENTRY0(name)                                                       \
+    extern "C" KOALA_HARNESS_API cudaError_t koala_harness_##name(const void *instance); \
+    static inline cudaError_t name(void) { return koala_harness_##name(&koala_harness_instance); }
 
-KOALA_HARNESS_API cudaError_t cudaGetDeviceCount(int *count);
-KOALA_HARNESS_API cudaError_t cudaSetDevice(int device);
-KOALA_HARNESS_API cudaError_t cudaGetDevice(int *device);
-KOALA_HARNESS_API cudaError_t cudaDeviceGetAttribute(int *value, enum cudaDeviceAttr attr,
-                                                     int device);
-KOALA_HARNESS_API cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp *prop, int device);
-KOALA_HARNESS_API cudaError_t cudaMemGetInfo(size_t *free, size_t *total);
-KOALA_HARNESS_API cudaError_t cudaFuncGetAttributes(struct cudaFuncAttributes *attr,
-                                                    const void *func);
-KOALA_HARNESS_API cudaError_t cudaDeviceSynchronize(void);
-KOALA_HARNESS_API cudaError_t cudaDeviceReset(void);
+extern "C" KOALA_HARNESS_API const char *cudaGetErrorString(cudaError_t error);
+extern "C" KOALA_HARNESS_API const char *cudaGetErrorName(cudaError_t error);
+KOALA_HARNESS_ENTRY0(cudaGetLastError)
+KOALA_HARNESS_ENTRY0(cudaPeekAtLastError)
+KOALA_HARNESS_ENTRY0(cudaDeviceSynchronize)
+KOALA_HARNESS_ENTRY0(cudaDeviceReset)
+KOALA_HARNESS_ENTRY(cudaGetDeviceCount, (int *count), (count))
+KOALA_HARNESS_ENTRY(cudaSetDevice, (int device), (device))
+KOALA_HARNESS_ENTRY(cudaGetDevice, (int *device), (device))
+KOALA_HARNESS_ENTRY(cudaDeviceGetAttribute, (int *value, enum cudaDeviceAttr attr, int device),
+                    (value, attr, device))
+KOALA_HARNESS_ENTRY(cudaGetDeviceProperties, (struct cudaDeviceProp * prop, int device),
+                    (prop, device))
+KOALA_HARNESS_ENTRY(cudaMemGetInfo, (size_t * free, size_t *total), (free, total))
+KOALA_HARNESS_ENTRY(cudaFuncGetAttributes, (struct cudaFuncAttributes * attr, const void *func),
+                    (attr, func))
+KOALA_HARNESS_ENTRY(cudaMalloc, (void **devPtr, size_t size), (devPtr, size))
+KOALA_HARNESS_ENTRY(cudaMallocManaged,
+                    (void **devPtr, size_t size, unsigned int flags = cudaMemAttachGlobal),
+                    (devPtr, size, flags))
+KOALA_HARNESS_ENTRY(cudaMallocHost, (void **ptr, size_t size), (ptr, size))
+KOALA_HARNESS_ENTRY(cudaHostAlloc, (void **pHost, size_t size, unsigned int flags),
+                    (pHost, size, flags))
+KOALA_HARNESS_ENTRY(cudaFree, (void *devPtr), (devPtr))
+KOALA_HARNESS_ENTRY(cudaFreeHost, (void *ptr), (ptr))
+KOALA_HARNESS_ENTRY(cudaPointerGetAttributes,
+                    (struct cudaPointerAttributes * attributes, const void *ptr), (attributes, ptr))
+KOALA_HARNESS_ENTRY(cudaMemcpy,
+                    (void *dst, const void *src, size_t count, enum cudaMemcpyKind kind),
+                    (dst, src, count, kind))
+KOALA_HARNESS_ENTRY(cudaMemcpyAsync,
+                    (void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
+                     cudaStream_t stream = 0),
+                    (dst, src, count, kind, stream))
+KOALA_HARNESS_ENTRY(cudaMemset, (void *devPtr, int value, size_t count), (devPtr, value, count))
+KOALA_HARNESS_ENTRY(cudaMemsetAsync,
+                    (void *devPtr, int value, size_t count, cudaStream_t stream = 0),
+                    (devPtr, value, count, stream))
+KOALA_HARNESS_ENTRY(cudaStreamCreate, (cudaStream_t * pStream), (pStream))
+KOALA_HARNESS_ENTRY(cudaStreamCreateWithFlags, (cudaStream_t * pStream, unsigned int flags),
+                    (pStream, flags))
+KOALA_HARNESS_ENTRY(cudaStreamDestroy, (cudaStream_t stream), (stream))
+KOALA_HARNESS_ENTRY(cudaStreamSynchronize, (cudaStream_t stream), (stream))
+KOALA_HARNESS_ENTRY(cudaStreamQuery, (cudaStream_t stream), (stream))
+KOALA_HARNESS_ENTRY(cudaStreamWaitEvent,
+                    (cudaStream_t stream, cudaEvent_t event, unsigned int flags = 0),
+                    (stream, event, flags))
+KOALA_HARNESS_ENTRY(cudaEventCreate, (cudaEvent_t * event), (event))
+KOALA_HARNESS_ENTRY(cudaEventCreateWithFlags, (cudaEvent_t * event, unsigned int flags),
+                    (event, flags))
+KOALA_HARNESS_ENTRY(cudaEventDestroy, (cudaEvent_t event), (event))
+KOALA_HARNESS_ENTRY(cudaEventRecord, (cudaEvent_t event, cudaStream_t stream = 0), (event, stream))
+KOALA_HARNESS_ENTRY(cudaEventSynchronize, (cudaEvent_t event), (event))
+KOALA_HARNESS_ENTRY(cudaEventQuery, (cudaEvent_t event), (event))
+KOALA_HARNESS_ENTRY(cudaEventElapsedTime, (float *ms, cudaEvent_t start, cudaEvent_t end),
+                    (ms, start, end))
+KOALA_HARNESS_ENTRY(cudaStreamBeginCapture, (cudaStream_t stream, enum cudaStreamCaptureMode mode),
+                    (stream, mode))
+KOALA_HARNESS_ENTRY(cudaStreamEndCapture, (cudaStream_t stream, cudaGraph_t *pGraph),
+                    (stream, pGraph))
+KOALA_HARNESS_ENTRY(cudaStreamIsCapturing,
+                    (cudaStream_t stream, enum cudaStreamCaptureStatus *pCaptureStatus),
+                    (stream, pCaptureStatus))
+KOALA_HARNESS_ENTRY(cudaStreamGetCaptureInfo,
+                    (cudaStream_t stream, enum cudaStreamCaptureStatus *captureStatus_out,
+                     unsigned long long *id_out = 0, cudaGraph_t *graph_out = 0,
+                     const cudaGraphNode_t **dependencies_out = 0,
+                     const cudaGraphEdgeData **edgeData_out = 0, size_t *numDependencies_out = 0),
+                    (stream, captureStatus_out, id_out, graph_out, dependencies_out, edgeData_out,
+                     numDependencies_out))
+KOALA_HARNESS_ENTRY(cudaThreadExchangeStreamCaptureMode, (enum cudaStreamCaptureMode * mode),
+                    (mode))
+KOALA_HARNESS_ENTRY(cudaGraphInstantiate,
+                    (cudaGraphExec_t * pGraphExec, cudaGraph_t graph, unsigned long long flags = 0),
+                    (pGraphExec, graph, flags))
+KOALA_HARNESS_ENTRY(cudaGraphLaunch, (cudaGraphExec_t graphExec, cudaStream_t stream),
+                    (graphExec, stream))
+KOALA_HARNESS_ENTRY(cudaGraphGetNodes,
+                    (cudaGraph_t graph, cudaGraphNode_t *nodes, size_t *numNodes),
+                    (graph, nodes, numNodes))
+KOALA_HARNESS_ENTRY(cudaGraphNodeGetType, (cudaGraphNode_t node, enum cudaGraphNodeType *pType),
+                    (node, pType))
+KOALA_HARNESS_ENTRY(cudaGraphDestroy, (cudaGraph_t graph), (graph))
+KOALA_HARNESS_ENTRY(cudaGraphExecDestroy, (cudaGraphExec_t graphExec), (graphExec))
 
-KOALA_HARNESS_API cudaError_t cudaMalloc(void **devPtr, size_t size);
-KOALA_HARNESS_API cudaError_t cudaMallocManaged(void **devPtr, size_t size,
-                                                unsigned int flags = cudaMemAttachGlobal);
-KOALA_HARNESS_API cudaError_t cudaMallocHost(void **ptr, size_t size);
-KOALA_HARNESS_API cudaError_t cudaHostAlloc(void **pHost, size_t size, unsigned int flags);
-KOALA_HARNESS_API cudaError_t cudaFree(void *devPtr);
-KOALA_HARNESS_API cudaError_t cudaFreeHost(void *ptr);
-KOALA_HARNESS_API cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes,
-                                                       const void *ptr);
-KOALA_HARNESS_API cudaError_t cudaMemcpy(void *dst, const void *src, size_t count,
-                                         enum cudaMemcpyKind kind);
-KOALA_HARNESS_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
-                                              enum cudaMemcpyKind kind, cudaStream_t stream = 0);
-KOALA_HARNESS_API cudaError_t cudaMemset(void *devPtr, int value, size_t count);
-KOALA_HARNESS_API cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count,
-                                              cudaStream_t stream = 0);
-
-KOALA_HARNESS_API cudaError_t cudaStreamCreate(cudaStream_t *pStream);
-KOALA_HARNESS_API cudaError_t cudaStreamCreateWithFlags(cudaStream_t *pStream, unsigned int flags);
-KOALA_HARNESS_API cudaError_t cudaStreamDestroy(cudaStream_t stream);
-KOALA_HARNESS_API cudaError_t cudaStreamSynchronize(cudaStream_t stream);
-KOALA_HARNESS_API cudaError_t cudaStreamQuery(cudaStream_t stream);
-KOALA_HARNESS_API cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event,
-                                                  unsigned int flags = 0);
-
-KOALA_HARNESS_API cudaError_t cudaEventCreate(cudaEvent_t *event);
-KOALA_HARNESS_API cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags);
-KOALA_HARNESS_API cudaError_t cudaEventDestroy(cudaEvent_t event);
-KOALA_HARNESS_API cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream = 0);
-KOALA_HARNESS_API cudaError_t cudaEventSynchronize(cudaEvent_t event);
-KOALA_HARNESS_API cudaError_t cudaEventQuery(cudaEvent_t event);
-KOALA_HARNESS_API cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t start, cudaEvent_t end);
-
-KOALA_HARNESS_API cudaError_t cudaStreamBeginCapture(cudaStream_t stream,
-                                                     enum cudaStreamCaptureMode mode);
-KOALA_HARNESS_API cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph);
-KOALA_HARNESS_API cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
-                                                    enum cudaStreamCaptureStatus *pCaptureStatus);
-KOALA_HARNESS_API cudaError_t cudaStreamGetCaptureInfo(
-    cudaStream_t stream, enum cudaStreamCaptureStatus *captureStatus_out,
-    unsigned long long *id_out = 0, cudaGraph_t *graph_out = 0,
-    const cudaGraphNode_t **dependencies_out = 0, const cudaGraphEdgeData **edgeData_out = 0,
-    size_t *numDependencies_out = 0);
-KOALA_HARNESS_API cudaError_t cudaThreadExchangeStreamCaptureMode(
-    enum cudaStreamCaptureMode *mode);
-KOALA_HARNESS_API cudaError_t cudaGraphInstantiate(cudaGraphExec_t *pGraphExec, cudaGraph_t graph,
-                                                   unsigned long long flags = 0);
-KOALA_HARNESS_API cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream);
-KOALA_HARNESS_API cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes,
-                                                size_t *numNodes);
-KOALA_HARNESS_API cudaError_t cudaGraphNodeGetType(cudaGraphNode_t node,
-                                                   enum cudaGraphNodeType *pType);
-KOALA_HARNESS_API cudaError_t cudaGraphDestroy(cudaGraph_t graph);
-KOALA_HARNESS_API cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec);
-
-}  // extern "C"
+#undef KOALA_HARNESS_ENTRY
+#undef KOALA_HARNESS_ENTRY0
+#undef KOALA_HARNESS_UNPAREN
 
 // The typed overloads of the real cuda_runtime.h.
 template <class T>
