@@ -47,6 +47,8 @@ int device_count();
 cudaError_t init_error();
 int current_device();
 size_t device_memory_bytes();
+// Whether the devices have a stream-ordered memory pool (KOALA_HARNESS_MEMORY_POOLS).
+bool memory_pools();
 // Bytes of the fiber stack of one CUDA thread (KOALA_HARNESS_STACK_KB).
 size_t fiber_stack_bytes();
 

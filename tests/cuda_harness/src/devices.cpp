@@ -6,6 +6,13 @@
 //   KOALA_HARNESS_MEMORY_MB   device memory per device (default 4096);
 //                             cudaMalloc beyond it is out of memory
 //   KOALA_HARNESS_STACK_KB    fiber stack per CUDA thread (default 256)
+//   KOALA_HARNESS_DRIVER_VERSION  the CUDA version the driver supports
+//                             (cudaDriverGetVersion; default 13000); below
+//                             the runtime's CUDART_VERSION every device
+//                             call fails with cudaErrorInsufficientDriver
+//   KOALA_HARNESS_MEMORY_POOLS  0: the devices have no stream-ordered
+//                             memory pool (cudaMallocAsync/cudaFreeAsync
+//                             return cudaErrorNotSupported); default 1
 // Each device claims compute capability 9.0 and accepts every kernel.
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +30,8 @@ namespace {
 
 struct Config {
     bool driver;
+    int driver_version;
+    bool memory_pools;
     int devices;
     size_t memory_bytes;
     size_t stack_bytes;
@@ -45,6 +54,10 @@ const Config &config() {
         Config k{};
         const char *d = getenv("KOALA_HARNESS_DEVICES");
         k.driver = !(d && strcmp(d, "no-driver") == 0);
+        k.driver_version = k.driver ? static_cast<int>(env_number("KOALA_HARNESS_DRIVER_VERSION",
+                                                                  CUDART_VERSION, 1000, 99000))
+                                    : 0;
+        k.memory_pools = env_number("KOALA_HARNESS_MEMORY_POOLS", 1, 0, 1) != 0;
         k.devices = k.driver ? static_cast<int>(env_number("KOALA_HARNESS_DEVICES", 1, 0, 16)) : 0;
         k.memory_bytes =
             static_cast<size_t>(env_number("KOALA_HARNESS_MEMORY_MB", 4096, 1, 1 << 24)) << 20;
@@ -70,8 +83,11 @@ size_t device_memory_bytes() { return config().memory_bytes; }
 size_t fiber_stack_bytes() { return config().stack_bytes; }
 int current_device() { return t_device; }
 
+bool memory_pools() { return config().memory_pools; }
+
 cudaError_t init_error() {
-    if (!config().driver) return cudaErrorInsufficientDriver;
+    if (!config().driver || config().driver_version < CUDART_VERSION)
+        return cudaErrorInsufficientDriver;
     if (config().devices == 0) return cudaErrorNoDevice;
     return cudaSuccess;
 }
@@ -100,6 +116,21 @@ cudaError_t koala_harness_cudaGetDeviceCount(const void *instance, int *count) {
     const cudaError_t e = init_error();
     if (e != cudaSuccess) return call.done(e);  // *count untouched, as the runtime does
     *count = device_count();
+    return cudaSuccess;
+}
+
+// No driver: 0, as the runtime reports it.
+cudaError_t koala_harness_cudaDriverGetVersion(const void *instance, int *driverVersion) {
+    KOALA_HARNESS_CALL();
+    if (!driverVersion) return call.done(cudaErrorInvalidValue);
+    *driverVersion = config().driver_version;
+    return cudaSuccess;
+}
+
+cudaError_t koala_harness_cudaRuntimeGetVersion(const void *instance, int *runtimeVersion) {
+    KOALA_HARNESS_CALL();
+    if (!runtimeVersion) return call.done(cudaErrorInvalidValue);
+    *runtimeVersion = CUDART_VERSION;
     return cudaSuccess;
 }
 
@@ -135,6 +166,7 @@ cudaError_t koala_harness_cudaDeviceGetAttribute(const void *instance, int *valu
     case cudaDevAttrMultiProcessorCount: *value = 1; break;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
+    case cudaDevAttrMemoryPoolsSupported: *value = memory_pools() ? 1 : 0; break;
     default: return call.done(cudaErrorInvalidValue);
     }
     return cudaSuccess;

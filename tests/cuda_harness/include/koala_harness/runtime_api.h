@@ -83,6 +83,8 @@ enum cudaGraphNodeType {
     cudaGraphNodeTypeKernel = 0x00,
     cudaGraphNodeTypeMemcpy = 0x01,
     cudaGraphNodeTypeMemset = 0x02,
+    cudaGraphNodeTypeMemAlloc = 0x0a,
+    cudaGraphNodeTypeMemFree = 0x0b,
     cudaGraphNodeTypeEventRecord = 0x07,
 };
 
@@ -93,6 +95,7 @@ enum cudaDeviceAttr {
     cudaDevAttrMultiProcessorCount = 16,
     cudaDevAttrComputeCapabilityMajor = 75,
     cudaDevAttrComputeCapabilityMinor = 76,
+    cudaDevAttrMemoryPoolsSupported = 115,
 };
 
 struct cudaFuncAttributes {
@@ -177,6 +180,8 @@ KOALA_HARNESS_ENTRY0(cudaPeekAtLastError)
 KOALA_HARNESS_ENTRY0(cudaDeviceSynchronize)
 KOALA_HARNESS_ENTRY0(cudaDeviceReset)
 KOALA_HARNESS_ENTRY(cudaGetDeviceCount, (int *count), (count))
+KOALA_HARNESS_ENTRY(cudaDriverGetVersion, (int *driverVersion), (driverVersion))
+KOALA_HARNESS_ENTRY(cudaRuntimeGetVersion, (int *runtimeVersion), (runtimeVersion))
 KOALA_HARNESS_ENTRY(cudaSetDevice, (int device), (device))
 KOALA_HARNESS_ENTRY(cudaGetDevice, (int *device), (device))
 KOALA_HARNESS_ENTRY(cudaDeviceGetAttribute, (int *value, enum cudaDeviceAttr attr, int device),
@@ -194,6 +199,9 @@ KOALA_HARNESS_ENTRY(cudaMallocHost, (void **ptr, size_t size), (ptr, size))
 KOALA_HARNESS_ENTRY(cudaHostAlloc, (void **pHost, size_t size, unsigned int flags),
                     (pHost, size, flags))
 KOALA_HARNESS_ENTRY(cudaFree, (void *devPtr), (devPtr))
+KOALA_HARNESS_ENTRY(cudaMallocAsync, (void **devPtr, size_t size, cudaStream_t stream),
+                    (devPtr, size, stream))
+KOALA_HARNESS_ENTRY(cudaFreeAsync, (void *devPtr, cudaStream_t stream), (devPtr, stream))
 KOALA_HARNESS_ENTRY(cudaFreeHost, (void *ptr), (ptr))
 KOALA_HARNESS_ENTRY(cudaPointerGetAttributes,
                     (struct cudaPointerAttributes * attributes, const void *ptr), (attributes, ptr))
@@ -263,6 +271,10 @@ KOALA_HARNESS_ENTRY(cudaGraphExecDestroy, (cudaGraphExec_t graphExec), (graphExe
 template <class T>
 inline cudaError_t cudaMalloc(T **devPtr, size_t size) {
     return cudaMalloc(reinterpret_cast<void **>(devPtr), size);
+}
+template <class T>
+inline cudaError_t cudaMallocAsync(T **devPtr, size_t size, cudaStream_t stream) {
+    return cudaMallocAsync(reinterpret_cast<void **>(devPtr), size, stream);
 }
 template <class T>
 inline cudaError_t cudaMallocManaged(T **devPtr, size_t size,
