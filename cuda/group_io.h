@@ -31,9 +31,7 @@ struct __attribute__((may_alias, aligned(16))) Word16 {
 #endif
 
 template <class T>
-constexpr int group_width() {
-    return static_cast<int>(16 / sizeof(T));
-}
+constexpr int kGroupWidth = static_cast<int>(16 / sizeof(T));
 
 __device__ __forceinline__ bool aligned16(const void *p) {
     return (reinterpret_cast<uintptr_t>(p) & 15u) == 0;

@@ -28,9 +28,7 @@ using Compute = typename Elem<T>::compute;
 template <class T>
 using State = typename Elem<T>::state;
 template <class T>
-constexpr bool is_half() {
-    return sizeof(T) == 2;
-}
+constexpr bool kIsHalf = sizeof(T) == 2;
 
 template <class T>
 __device__ __forceinline__ Compute<T> ld(T v) {
@@ -45,9 +43,6 @@ __device__ __forceinline__ T st(Compute<T> v, uint32_t key, uint64_t index, bool
     return Elem<T>::store(v, stochastic ? noise_bits(key, index) : 0u, stochastic);
 }
 
-__device__ __forceinline__ const ScalarHeader &header_of(const double *scalars) {
-    return *reinterpret_cast<const ScalarHeader *>(scalars);
-}
 __device__ __forceinline__ ScalarHeader &header_of(double *scalars) {
     return *reinterpret_cast<ScalarHeader *>(scalars);
 }
@@ -77,7 +72,7 @@ struct SumsArgs {
 // the host; without it g.x and x.x are 0).
 template <class T, bool kWithX>
 struct KalmanSums {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     struct Regs {
         T g[V];
         T x[V];
@@ -109,7 +104,7 @@ struct KalmanSums {
 // a first visit reads no H' and v', no weight decay reads no x).
 template <class T, bool kFirst, bool kWithX>
 struct PlusPlusSums {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using C = Compute<T>;
     using S = State<T>;
     struct Regs {
@@ -405,7 +400,7 @@ struct ApplyArgs {
 
 template <class T>
 struct VanillaStep {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using C = Compute<T>;
     struct Regs {
         T x[V];
@@ -433,7 +428,7 @@ struct VanillaStep {
 
 template <class T, bool kFused>
 struct MomentumStep {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using C = Compute<T>;
     using S = State<T>;
     struct Regs {
@@ -475,7 +470,7 @@ struct MomentumStep {
 
 template <class T, bool kFirst>
 struct PlusPlusStep {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using C = Compute<T>;
     using S = State<T>;
     struct Regs {
@@ -535,7 +530,7 @@ __global__ void __launch_bounds__(kThreads)
     // Active implies a gradient (filter.h); the NULL test only guards a
     // caller whose NULL pattern differs between processes.
     const bool active = (cf.flags & kActive) && p.g;
-    const bool sr = is_half<T>() && a.stochastic;
+    const bool sr = kIsHalf<T> && a.stochastic;
     const uint32_t key = sr ? noise_key(a.seed, a.control->noise_step, ch.tensor) : 0u;
     const C wd = static_cast<C>(a.tensor_wd ? a.tensor_wd[j] : a.weight_decay);
     T *x = static_cast<T *>(p.x) + ch.begin;
@@ -611,7 +606,7 @@ struct PredictArgs {
 
 template <class T, int kFlag>
 struct PredictStep {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using C = Compute<T>;
     using S = State<T>;
     struct Regs {
@@ -689,7 +684,7 @@ __global__ void __launch_bounds__(kThreads)
     double d2[1] = {0.0};
     // kAhead: the parameters hold the prediction already (fused update).
     if (flag != momentum::kAhead) {
-        const bool sr = is_half<T>() && a.cfg.stochastic_rounding;
+        const bool sr = kIsHalf<T> && a.cfg.stochastic_rounding;
         const uint32_t noise_step = update_noise_step(header_of(a.scalars).steps) + 1u;
         const uint32_t key = sr ? noise_key(a.cfg.seed, noise_step, ch.tensor) : 0u;
         T *x = static_cast<T *>(p.x) + ch.begin;
@@ -749,7 +744,7 @@ struct PosteriorArgs {
 
 template <class T>
 struct PosteriorStep {
-    static constexpr int V = group_width<T>();
+    static constexpr int V = kGroupWidth<T>;
     using S = State<T>;
     struct Regs {
         T x[V];

@@ -277,8 +277,8 @@ koala_status probe(char *msg, size_t cap) {
             cudaDriverGetVersion(&driver);
             if (driver == 0)
                 say(msg, cap,
-                    "no NVIDIA driver (cudaGetDeviceCount: CUDA error %d, %s); the CUDA plugin "
-                    "(CUDA %d.%d runtime) needs an NVIDIA driver R%d or newer",
+                    "no usable NVIDIA driver (cudaGetDeviceCount: CUDA error %d, %s); the CUDA "
+                    "plugin (CUDA %d.%d runtime) needs an NVIDIA driver R%d or newer",
                     static_cast<int>(e), cudaGetErrorString(e), CUDART_VERSION / 1000,
                     (CUDART_VERSION % 1000) / 10, driver_floor());
             else
