@@ -133,7 +133,6 @@ public:
     BlockRun(const LaunchSite &site, dim3 grid, dim3 block, const KernelCall &call)
         : site_(site),
           grid_(grid),
-          block_(block),
           call_(call),
           n_(static_cast<int>(block.x * block.y * block.z)),
           threads_(static_cast<size_t>(n_)),
@@ -229,12 +228,13 @@ public:
         Thread &me = threads_[static_cast<size_t>(t)];
         Warp &w = warps_[static_cast<size_t>(t / 32)];
         BlockBarrier &b = barrier_;
-        if (exited_ > 0)
+        if (exited_ > 0) {
+            const uint3 first = threads_[static_cast<size_t>(first_exited())].idx;
             fault(cudaErrorLaunchFailure,
-                  "%s at %s:%d after %d thread(s) of the block exited (first: %s); every "
-                  "thread must reach each barrier",
-                  barrier_name(kind), site.file, site.line, exited_,
-                  thread_name(first_thread(State::kExited)).c_str());
+                  "%s at %s:%d after %d thread(s) exited (the first: thread (%u,%u,%u)): every "
+                  "thread of the block must reach each barrier",
+                  barrier_name(kind), site.file, site.line, exited_, first.x, first.y, first.z);
+        }
         if (b.arrived > 0 && (b.kind != kind || !same_site(b.site, site)))
             fault(cudaErrorLaunchFailure,
                   "divergent barrier: it reached %s at %s:%d while %d thread(s) wait at "
@@ -466,10 +466,10 @@ private:
         return format("thread (%u,%u,%u)", i.x, i.y, i.z);
     }
 
-    int first_thread(State s) const {
+    int first_exited() const {
         for (int t = 0; t < n_; ++t)
-            if (threads_[static_cast<size_t>(t)].state == s) return t;
-        return -1;
+            if (threads_[static_cast<size_t>(t)].state == State::kExited) return t;
+        return 0;
     }
 
     // Runs of consecutive threads in the same state at the same site.
@@ -496,7 +496,7 @@ private:
     }
 
     const LaunchSite &site_;
-    dim3 grid_, block_;
+    dim3 grid_;
     const KernelCall &call_;
     int n_;
     std::vector<Thread> threads_;

@@ -216,7 +216,7 @@ public:
             set_sticky_error(device(), cudaErrorIllegalAddress);
             return;
         }
-        memcpy(dst_, src_ ? src_ : staged_.data(), count_);
+        if (count_) memcpy(dst_, src_ ? src_ : staged_.data(), count_);
     }
 
 private:
@@ -241,7 +241,7 @@ public:
             set_sticky_error(device(), cudaErrorIllegalAddress);
             return;
         }
-        memset(dst_, value_, count_);
+        if (count_) memset(dst_, value_, count_);
     }
 
 private:
