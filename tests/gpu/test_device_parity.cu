@@ -13,7 +13,7 @@
 //           koala_update_ptr (float64 and float32 device loss) and the
 //           two-phase koala_update_begin/end; per-tensor lr multipliers and
 //           weight decays set, changed and reset on the way; NULL and tiny
-//           (skipped) gradients; fused KOALA-M's koala_posterior. Parameters
+//           (skipped) gradients; koala_posterior at the end. Parameters
 //           and state buffers must agree norm-relatively per tensor, filter
 //           scalars relatively, within the dtype's tolerance below.
 //  sharded  two processes' pieces (split tensors, tensors on one process
@@ -270,7 +270,7 @@ void steps_run(const Method &m, koala_dtype d, bool sr) {
         if (checkpoint_step(k, g_steps))
             compare(name, k, m.method, d, hx, dx.download(s), host, dev, s);
     }
-    if (m.fused) {  // the posterior view of the last update
+    {  // the posterior view of the last update (fused KOALA-M: x - v; others: a copy)
         HostTensors hout(d, kSizes);
         DeviceTensors dout(d, kSizes);
         std::vector<void *> houtp = hout.ptrs(), doutp = dout.ptrs();
