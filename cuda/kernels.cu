@@ -216,7 +216,7 @@ struct ScalarArgs {
     double loss, loss_var;
     const void *loss_ptr, *loss_var_ptr;  // NULL: the values
     int loss_f32;
-    int reduce, filter, fold_predict;
+    int reduce, filter, mark_begun, fold_predict;
     double fold_q;
     int sharded;
     uint64_t n_global;
@@ -292,7 +292,10 @@ __global__ void __launch_bounds__(kScalarThreads, 1) scalar_kernel(const __grid_
         __syncthreads();  // the block's global writes are visible to the whole block
     }
     if (!a.filter) {
-        if (tid == 0) hdr.phase = kBegun;
+        // koala_update_begin leaves the block saying so; a sharded
+        // koala_update's first half does not (its all-reduce may still fail,
+        // and then nothing may have changed).
+        if (tid == 0 && a.mark_begun) hdr.phase = kBegun;
         return;
     }
 
@@ -888,6 +891,7 @@ cudaError_t launch_scalar(const DevicePlan &plan, const ScalarJob &job, double *
     a.loss_f32 = job.loss.is_float32;
     a.reduce = job.reduce ? 1 : 0;
     a.filter = job.filter ? 1 : 0;
+    a.mark_begun = job.mark_begun ? 1 : 0;
     a.fold_predict = job.fold_predict ? 1 : 0;
     a.fold_q = job.fold_q;
     a.sharded = plan.sharded;

@@ -74,6 +74,7 @@ struct ScalarJob {
     LossSource loss;
     bool reduce = false;       // chunk sums -> sums_out (koala_update, koala_update_begin)
     bool filter = false;       // the update from sums_in (koala_update, koala_update_end)
+    bool mark_begun = false;   // reduce only (koala_update_begin): phase = begun
     bool fold_predict = false; // KOALA-V library-owned: sigma += fold_q first
     double fold_q = 0.0;
     double *sums_out = nullptr;

@@ -664,6 +664,7 @@ koala_status partial_sums(void *handle, const koala_config *cfg, void *const *pa
         ScalarJob job;
         job.cfg = *cfg;
         job.reduce = true;
+        job.mark_begun = sums != o->plan.tab.sums;
         job.sums_out = sums ? sums : o->plan.tab.sums;
         e = launch_scalar(o->plan, job, o->scalars(), s);
     }

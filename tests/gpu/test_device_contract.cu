@@ -11,6 +11,8 @@
 //            sharded layout whose pieces do not add up or whose gradients'
 //            NULL pattern disagrees: status OK, parameters and state as after
 //            the predict, counted in skipped_steps; the next step runs.
+//  comm      a sharded update whose all-reduce fails changes nothing, caller
+//            state and its phase included; koala_update_begin marks the phase.
 //  fold      KOALA-V's predict folded into the update still shows sigma-hat
 //            in koala_get_info and in a checkpoint taken between the two.
 //  ckpt      device -> device continues bit for bit (byte-identical
@@ -409,6 +411,67 @@ void skip_sharded_test() {
                                     : "skip sharded: NULL pattern differs between pieces",
                        r, p, 1);
     }
+}
+
+// A sharded update whose all-reduce fails changes nothing, caller-owned
+// state included (its phase too); koala_update_begin marks the phase.
+int failing_allreduce(double *, size_t, void *, void *) { return 7; }
+
+void communication_test() {
+    const Method &m = kMethods[1];
+    koala_config cfg = config_of(m);
+    cfg.caller_state = 1;
+    const std::vector<size_t> global_index = {0, 1, 2, 3, 4, 5, 6};
+    uint64_t total = 0;
+    for (size_t sz : kSizes) total += sz;
+    koala_shard sh{};
+    sh.struct_size = sizeof sh;
+    sh.n_global = kSizes.size();
+    sh.global_index = global_index.data();
+    sh.global_elements = total;
+    sh.allreduce = failing_allreduce;
+    Rig r(m, KOALA_FLOAT32, 0, kSizes, &cfg);
+    koala_optimizer *opt = nullptr;
+    KOALA_CHECK(koala_create_sharded(&cfg, kSizes.size(), kSizes.data(), &sh, KOALA_FLOAT32,
+                                     KOALA_DEVICE, &opt));
+    std::swap(opt, r.opt);
+    koala_destroy(opt);
+    size_t count = 0;
+    KOALA_CHECK(koala_state_layout(r.opt, nullptr, nullptr, &count));
+    std::vector<void *> buffers;
+    for (int b = 0; b < 2; ++b)
+        for (size_t sz : kSizes) {
+            void *p = nullptr;
+            CUDA_CHECK(cudaMalloc(&p, sz * 4));
+            buffers.push_back(p);
+        }
+    double *scalars = nullptr;
+    CUDA_CHECK(cudaMalloc(&scalars, count * sizeof(double)));
+    KOALA_CHECK(koala_state_init(r.opt, buffers.data(), scalars, r.s));
+    KOALA_CHECK(koala_bind_state(r.opt, buffers.data(), scalars));
+    r.inputs(0);
+    KOALA_CHECK(koala_predict(r.opt, r.xp.data(), r.s));
+    const std::vector<Bytes> p = r.params();
+    const Bytes c = r.state();
+    const koala_status st = koala_update(r.opt, 1.0, 2.0, r.xp.data(), r.gp.data(), r.s);
+    CHECK(st == KOALA_ERROR_COMMUNICATION, "communication: a failing all-reduce returned %d",
+          static_cast<int>(st));
+    CHECK(r.params() == p && r.state() == c, "communication: a failed update changed the state");
+    double *sums = nullptr;
+    size_t n_sums = 0;
+    KOALA_CHECK(koala_sums_size(r.opt, &n_sums));
+    CUDA_CHECK(cudaMalloc(&sums, n_sums * sizeof(double)));
+    KOALA_CHECK(koala_update_begin(r.opt, r.xp.data(), r.gp.data(), sums, r.s));
+    std::vector<double> block(count);
+    CUDA_CHECK(cudaMemcpy(block.data(), scalars, count * sizeof(double), cudaMemcpyDeviceToHost));
+    CHECK(block[8] == 2.0, "communication: the phase after koala_update_begin is %g", block[8]);
+    KOALA_CHECK(koala_update_end(r.opt, 1.0, 2.0, r.xp.data(), r.gp.data(), sums, r.s));
+    CUDA_CHECK(cudaMemcpy(block.data(), scalars, count * sizeof(double), cudaMemcpyDeviceToHost));
+    CHECK(block[8] == 0.0 && block[7] == 1.0, "communication: phase %g, steps %g after the update",
+          block[8], block[7]);
+    cudaFree(sums);
+    for (void *q : buffers) cudaFree(q);
+    cudaFree(scalars);
 }
 
 // ---- fold ------------------------------------------------------------------
@@ -893,6 +956,7 @@ int main(int argc, char **argv) {
     }
     graph_test(kMethods[3], KOALA_BFLOAT16);
     skip_sharded_test();
+    communication_test();
     fold_test();
     device_test();
     lifetime_test();
