@@ -55,10 +55,13 @@
  * optimizers work on CUDA device memory with CUDA kernels on the caller's
  * stream and never synchronise the host inside koala_predict /
  * koala_update. The device path lives in a plugin (libkoala_cuda.so, next to
- * libkoala.so) loaded on first device use; it needs an NVIDIA driver for
- * CUDA 12.0 or newer (R525+; tested from R535). Where it cannot be loaded or
- * no GPU is usable, device calls return KOALA_ERROR_UNSUPPORTED and
- * koala_last_error() says why.
+ * libkoala.so) loaded on first device use. The plugin carries the CUDA
+ * runtime it was built with (statically), and needs a driver at least that
+ * new: R580 or newer for a plugin built with CUDA 13 (the default here), R530
+ * or newer for one built with a CUDA 12.1+ toolkit (doc/readme/cuda.md says
+ * how). Where it cannot be loaded, the driver is too old or no GPU is usable,
+ * device calls return KOALA_ERROR_UNSUPPORTED and koala_last_error() says why
+ * (naming the CUDA version the driver must support).
  *
  * All calls on one device optimizer must be ordered: either pass the same
  * stream every time, or order the streams yourself (events). The optimizer
@@ -82,14 +85,18 @@
 #include <stdint.h>
 
 /* ---- version ----------------------------------------------------------- */
+/** Major version of this header (an incompatible ABI would change it and the soname). */
 #define KOALA_VERSION_MAJOR 1
+/** Minor version of this header (grows when functions or fields are appended). */
 #define KOALA_VERSION_MINOR 1
+/** Patch version of this header. */
 #define KOALA_VERSION_PATCH 0
 /** MAJOR*10000 + MINOR*100 + PATCH of this header; compare with koala_version(). */
 #define KOALA_VERSION_NUMBER \
     (KOALA_VERSION_MAJOR * 10000 + KOALA_VERSION_MINOR * 100 + KOALA_VERSION_PATCH)
 
 /* ---- export macro ------------------------------------------------------ */
+/** @cond KOALA_INTERNAL (the export macro is not part of the documented API) */
 #if defined(SWIG) || defined(KOALA_DOXYGEN)
 #  define KOALA_API
 #elif defined(_WIN32)
@@ -103,6 +110,7 @@
 #else
 #  define KOALA_API
 #endif
+/** @endcond */
 
 #ifdef __cplusplus
 extern "C" {
@@ -159,7 +167,8 @@ typedef enum {
  *  field means the default behaviour. */
 typedef struct koala_config {
     size_t struct_size;       /**< = sizeof(koala_config), set by koala_config_init */
-    koala_method method;
+    koala_method method;      /**< KOALA_VANILLA, KOALA_MOMENTUM or KOALA_PLUSPLUS (set by
+                                   koala_config_init) */
     double lr;                /**< target multiplier eta >= 0 (default 1.0): remove lr*loss per step */
     double weight_decay;      /**< omega >= 0 (default 0; the reference train.py uses 5e-4) */
     double r;                 /**< fixed measurement noise R >= 0, or NAN (default) for the
@@ -169,11 +178,15 @@ typedef struct koala_config {
                                    PLUSPLUS: initial P0 = sigma*I (1.0); >= 0 */
     double q;                 /**< VANILLA: process noise added by predict (1.0);
                                    PLUSPLUS: process noise Q (1.0); >= 0 */
+    /** @{ */
     double sw, sc, sv;        /**< MOMENTUM: initial P = [[sw, sc], [sc, sv]] (0.1, 0, 0.1);
                                    sw, sv >= 0 and sw*sv >= sc*sc */
+    /** @} */
     double a;                 /**< MOMENTUM: velocity decay in [0,1) (0.9) */
+    /** @{ */
     double qw, qv;            /**< MOMENTUM: initial weight process noise (0.01, then adapted
                                    online) and velocity process noise (0.01); both >= 0 */
+    /** @} */
     /* ---- since 1.1 (a 1.0 caller's struct ends above; these take the defaults) ---- */
     int threads;              /**< HOST: CPU threads for this optimizer's passes; 0 (default)
                                    = the environment variable KOALA_NUM_THREADS if set, else
@@ -210,10 +223,14 @@ typedef struct koala_info {
     uint64_t skipped_steps;   /**< device optimizers: updates skipped on the device because
                                    loss, loss_var or a gradient norm was not finite */
     double sigma;             /**< VANILLA: current sigma (P after update, P-hat after predict) */
+    /** @{ */
     double p00, p01, p11;     /**< MOMENTUM: current 2x2 covariance (a sharded optimizer
                                    predicts P inside koala_update, so between predict and
                                    update it still shows the posterior) */
+    /** @} */
+    /** @{ */
     double r, qw;             /**< current measurement noise R; MOMENTUM's current q_w */
+    /** @} */
     /* ---- since 1.1 ---- */
     double lr;                /**< the current target multiplier (koala_set_lr) */
     int threads;              /**< HOST: CPU threads the passes run on (resolved default) */
@@ -241,6 +258,9 @@ KOALA_API void koala_config_init_sized(koala_config *cfg, koala_method method,
  *  koala_config_init_sized through the macro below, with their own
  *  sizeof(koala_config). */
 KOALA_API void (koala_config_init)(koala_config *cfg, koala_method method);
+/** koala_config_init(cfg, method) for programs compiled against this header:
+ *  koala_config_init_sized(cfg, method, sizeof(koala_config)), the defaults
+ *  in the caller's whole struct. */
 #define koala_config_init(cfg, method) \
     koala_config_init_sized((cfg), (method), sizeof(koala_config))
 
@@ -478,9 +498,16 @@ KOALA_API koala_status koala_state_layout(const koala_optimizer *opt,
 /** Index of the lr multiplier in the scalar block of caller-owned state: the
  *  effective target multiplier is cfg.lr * scalars[KOALA_SCALAR_LR_SCALE]
  *  (koala_state_init writes 1). Engines whose lr is a traced value (JAX's
- *  optax.inject_hyperparams) write it there between calls. The other slots
- *  are the library's. */
+ *  optax.inject_hyperparams) write it there between calls; it must be finite
+ *  and >= 0 (otherwise an update returns INVALID_ARGUMENT on the host and is
+ *  skipped and counted on a device). The other slots are the library's. */
 #define KOALA_SCALAR_LR_SCALE 10
+
+/* The scalar block is a 16-double header followed by the method's
+ * per-tensor filter scalars in global tensor order (KOALA-M: 1 per tensor,
+ * KOALA++: 2, KOALA-V: none), so an optimizer for the same tensors plus
+ * appended ones starts its block with the shorter block's bytes (the new
+ * tensors' slots initialised as koala_state_init does: zeros). */
 
 /** Writes the initial state (zero buffers, the config's filter scalars, phase
  *  "updated") into caller memory: buffers[b * n_tensors + i] is buffer b of

@@ -91,7 +91,7 @@ koala_status check_step(const koala_optimizer *opt, void *const *params,
     koala_status st = check_handle(opt, what);
     if (st == KOALA_OK) st = check_stream(opt, stream, what);
     if (st == KOALA_OK) st = check_params(opt, params, what);
-    if (st == KOALA_OK) st = check_grads(grads, what);
+    if (st == KOALA_OK) st = check_grads(opt, grads, what);
     if (st == KOALA_OK) st = check_bound(opt, what);
     if (st == KOALA_OK) st = check_phase(opt, allowed, what);
     return st;
@@ -214,12 +214,16 @@ koala_status update_end(koala_optimizer *opt, Loss l, void *const *params,
                         const void *const *grads, const double *sums, void *stream,
                         const char *what) {
     koala_status st = check_step(opt, params, grads, stream, 1u << kBegun, what);
-    if (st == KOALA_OK && !sums) st = fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: sums is NULL", what);
-    if (st == KOALA_OK) st = resolve_loss(opt, l, what);
     if (st != KOALA_OK) return st;
-    if (opt->device) return device_finish(opt, l, params, grads, sums, stream);
-    st = host_finish(opt, l.loss, l.loss_var, params, grads, sums, what);
-    if (st == KOALA_OK) set_phase(opt, kUpdated);
+    // The phase is kBegun from here on. koala.h: on an error nothing changes
+    // and the optimizer is predicted again (the caller calls
+    // koala_update_begin anew), so a failure goes back to kPredicted.
+    if (!sums) st = fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: sums is NULL", what);
+    if (st == KOALA_OK) st = resolve_loss(opt, l, what);
+    if (st == KOALA_OK)
+        st = opt->device ? device_finish(opt, l, params, grads, sums, stream)
+                         : host_finish(opt, l.loss, l.loss_var, params, grads, sums, what);
+    set_phase(opt, st == KOALA_OK ? kUpdated : kPredicted);
     return st;
 }
 

@@ -24,8 +24,8 @@ koala_status check_params(const koala_optimizer *opt, void *const *params, const
     return KOALA_OK;
 }
 
-koala_status check_grads(const void *const *grads, const char *what) {
-    if (!grads)
+koala_status check_grads(const koala_optimizer *opt, const void *const *grads, const char *what) {
+    if (!grads && opt->layout.n_tensors() > 0)
         return fail(KOALA_ERROR_INVALID_ARGUMENT,
                     "%s: grads is NULL (pass an array whose entries may be NULL)", what);
     return KOALA_OK;

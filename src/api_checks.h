@@ -26,7 +26,8 @@ koala_status guarded(const char *what, F &&body) {
 koala_status check_handle(const koala_optimizer *opt, const char *what);
 koala_status check_stream(const koala_optimizer *opt, void *stream, const char *what);
 koala_status check_params(const koala_optimizer *opt, void *const *params, const char *what);
-koala_status check_grads(const void *const *grads, const char *what);
+// grads may be NULL only for a process that holds no tensor.
+koala_status check_grads(const koala_optimizer *opt, const void *const *grads, const char *what);
 // FLOAT32 or FLOAT64 (the dtypes a loss may be read as).
 koala_status check_loss_dtype(int dtype, const char *what, const char *name);
 // loss_var is a mean of squares: a finite negative value is a caller bug

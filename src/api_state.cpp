@@ -283,7 +283,10 @@ KOALA_API koala_status koala_posterior(const koala_optimizer *opt, void *const *
                           what, i, i);
         }
         if (st == KOALA_OK) st = check_bound(opt, what);
-        if (st == KOALA_OK && opt->cfg.method == KOALA_MOMENTUM && !opt->cfg.fused_predict &&
+        // Fused mode too (koala.h): after its predict, the tensors the last
+        // update skipped hold x + v like the others but their v is decayed
+        // (flag kPlain), so x_pred - v is not their posterior.
+        if (st == KOALA_OK && opt->cfg.method == KOALA_MOMENTUM &&
             phase_of(opt) != kUpdated && phase_of(opt) >= 0)
             st = fail(KOALA_ERROR_BAD_STATE,
                       "%s: between koala_predict and koala_update a KOALA-M optimizer's "

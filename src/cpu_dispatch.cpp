@@ -15,7 +15,7 @@ const CpuKernels &kernels(koala_method method, koala_dtype dtype);
 
 const CpuKernels &cpu_kernels(koala_method method, koala_dtype dtype) {
 #if defined(KOALA_HAVE_AVX2_KERNELS)
-    static const bool has_avx2 = __builtin_cpu_supports("avx2");
+    static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
     if (has_avx2) return avx2::kernels(method, dtype);
 #endif
     return base::kernels(method, dtype);

@@ -45,10 +45,16 @@ inline Compute<T> ld(T v) {
     return Elem<T>::load(v);
 }
 
-// Stores a result, rounding 16-bit types as configured.
+// Stores a result, rounding 16-bit types as configured: stochastic rounding
+// draws the bits of element `index` from the stream `key`.
+template <class T>
+inline T st_with(Compute<T> v, uint32_t key, uint64_t index, bool stochastic) {
+    return Elem<T>::store(v, stochastic ? noise_bits(key, index) : 0u, stochastic);
+}
+// ... with the chunk's stream, for element i of the chunk.
 template <class T>
 inline T st(Compute<T> v, const ChunkArgs &c, size_t i, bool stochastic) {
-    return Elem<T>::store(v, stochastic ? noise_bits(c.noise, c.first + i) : 0u, stochastic);
+    return st_with<T>(v, c.noise, c.first + i, stochastic);
 }
 
 template <size_t K, class A>
@@ -161,6 +167,7 @@ double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k
     const Compute<T> cx = static_cast<Compute<T>>(coef.c[0]);
     if constexpr (is_half<T>) {
         const bool sr = k.stochastic != 0;
+#pragma omp simd
         for (size_t i = 0; i < c.n; ++i)
             x[i] = st<T>(vanilla::step(ld(x[i]), ld(g[i]), cx), c, i, sr);
     } else {
@@ -233,9 +240,16 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
                 t[0] = C(0);
                 if constexpr (is_half<T>) {
                     C xi = ld(x[i]);
-                    momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, fused.value,
-                                   t[0]);
-                    x[i] = st<T>(xi, c, i, sr);
+                    momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, false, t[0]);
+                    if (fused.value) {
+                        // The default mode stores the posterior in T (rounded with
+                        // this update's noise) and its predict adds v to that
+                        // (rounded with the predict's noise): do the same.
+                        xi = ld(st<T>(xi, c, i, sr)) + v[i];
+                        x[i] = st_with<T>(xi, c.noise_next, c.first + i, sr);
+                    } else {
+                        x[i] = st<T>(xi, c, i, sr);
+                    }
                 } else {
                     momentum::step(x[i], v[i], xbar[i], g[i], wd, k1, k2, decay, fused.value, t[0]);
                 }
@@ -293,6 +307,7 @@ double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
     const bool sr = k.stochastic != 0;
     return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) {
         if constexpr (is_half<T>) {
+#pragma omp simd
             for (size_t i = 0; i < c.n; ++i) {
                 C xi = ld(x[i]);
                 plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0,

@@ -19,6 +19,7 @@ struct ChunkArgs {
     double wd;        // the tensor's weight decay
     uint64_t first;   // index of the chunk's first element within its tensor
     uint32_t noise;   // stochastic rounding key of (seed, step, tensor), see numeric.h
+    uint32_t noise_next;  // fused KOALA-M: the key of the next predict's rounding
     int flag;         // KOALA-M: the tensor's TensorFlag; KOALA++: 1 on a first visit
 };
 

@@ -62,7 +62,12 @@ ChunkArgs chunk_args(const koala_optimizer *opt, size_t k, void *const *params,
     c.n = ch.count;
     c.wd = opt->plan.tensor_wd[opt->layout.global_index[t]];
     c.first = ch.begin;
-    c.noise = opt->cfg.stochastic_rounding ? noise_key(opt->cfg.seed, noise_step, t) : 0u;
+    if (opt->cfg.stochastic_rounding) {
+        c.noise = noise_key(opt->cfg.seed, noise_step, t);
+        // The update of step k draws from stream 2k, the next predict (of
+        // step k + 1) from 2k + 3: fused KOALA-M does both roundings at once.
+        c.noise_next = noise_key(opt->cfg.seed, noise_step + 3, t);
+    }
     return c;
 }
 
@@ -196,6 +201,8 @@ void host_partial_sums(koala_optimizer *opt, void *const *params, const void *co
     double *trailer = sums + L.n_global * stride;
     trailer[0] = static_cast<double>(L.local_elements);
     trailer[1] = header(opt).pending_d2;
+    trailer[2] = 1.0;
+    trailer[3] = layout_fingerprint(L.global_elements, L.n_global);
 }
 
 koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
@@ -225,10 +232,22 @@ koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
         case kBadElements:
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: the processes' tensors hold %.0f elements in all, "
-                        "shard->global_elements is %llu (every element of the model must sit "
-                        "on exactly one process); nothing was changed",
+                        "shard->global_elements is %llu here, and the processes %s on "
+                        "global_elements and n_global (every element of the model must sit "
+                        "on exactly one process, and every process must describe the same "
+                        "model); nothing was changed",
                         what, sums[L.n_global * sums_stride(opt->cfg.method)],
-                        static_cast<unsigned long long>(L.global_elements));
+                        static_cast<unsigned long long>(L.global_elements),
+                        sums[L.n_global * sums_stride(opt->cfg.method) + 3] ==
+                                sums[L.n_global * sums_stride(opt->cfg.method) + 2] *
+                                    layout_fingerprint(L.global_elements, L.n_global)
+                            ? "agree"
+                            : "disagree");
+        case kBadLrScale:
+            return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                        "%s: the bound scalar block's lr multiplier (scalars[%d]) is %g; it must "
+                        "be finite and >= 0; nothing was changed",
+                        what, KOALA_SCALAR_LR_SCALE, header(opt).lr_scale);
         case kBadPresence:
             return fail(KOALA_ERROR_INVALID_ARGUMENT,
                         "%s: global tensor %zu has a gradient on some of its pieces and NULL on "

@@ -25,7 +25,10 @@ std::string plugin_path() {
     if (const char *env = std::getenv("KOALA_CUDA_PLUGIN"); env && *env) return env;
     Dl_info info;
     if (dladdr(reinterpret_cast<void *>(&koala_version), &info) && info.dli_fname) {
-        std::string self = info.dli_fname;
+        // Through symlinks: the plugin sits next to the real file.
+        char *real = realpath(info.dli_fname, nullptr);
+        std::string self = real ? real : info.dli_fname;
+        std::free(real);
         const size_t slash = self.rfind('/');
         if (slash != std::string::npos) return self.substr(0, slash + 1) + "libkoala_cuda.so";
     }

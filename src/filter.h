@@ -15,8 +15,10 @@ namespace koala {
 enum Outcome {
     kOk = 0,
     kNotFinite = 1,    // loss, loss_var, R or a sum is not finite (or loss_var < 0)
-    kBadElements = 2,  // the processes' sizes do not add up to global_elements
+    kBadElements = 2,  // the processes' sizes do not add up to global_elements, or the
+                       // processes' global_elements / n_global disagree
     kBadPresence = 3,  // a global tensor has gradients on some pieces only, or no piece
+    kBadLrScale = 4,   // the scalar block's lr multiplier (caller state) is < 0 or not finite
 };
 
 // Everything an update reads besides the scalars.
@@ -37,8 +39,10 @@ KOALA_HD Outcome prepare_update(const ScalarHeader &prior, const UpdateContext &
                                 ScalarHeader &next) {
     next = prior;
     if (!is_finite(u.loss) || !is_finite(u.loss_var) || u.loss_var < 0.0) return kNotFinite;
+    if (!is_finite(prior.lr_scale) || prior.lr_scale < 0.0) return kBadLrScale;
     const double *trailer = u.sums + u.n_global * sums_stride(u.cfg.method);
-    if (trailer[0] != u.global_elements) return kBadElements;
+    const double own = layout_fingerprint(static_cast<uint64_t>(u.global_elements), u.n_global);
+    if (trailer[0] != u.global_elements || trailer[3] != trailer[2] * own) return kBadElements;
     if (u.sharded && u.cfg.method == KOALA_MOMENTUM)
         momentum::predict(next, u.cfg, trailer[1], u.global_elements);
     const double r = is_finite(u.cfg.r) ? u.cfg.r

@@ -15,6 +15,11 @@
 //              koala_shard::global_elements)
 //     [1]      KOALA-M: sum of |xbar - x|^2 of the predict since the last
 //              update (pending_d2), 0 otherwise
+//     [2]      processes: 1 from each
+//     [3]      layout fingerprints: each process's layout_fingerprint
+//              (global_elements, n_global); summed over P processes it is
+//              P times each one's exactly when they all agree (up to a
+//              2^-32 chance), so every process can tell that one differs
 // Shared with CUDA.
 #pragma once
 #include <stddef.h>
@@ -26,7 +31,7 @@
 namespace koala {
 
 constexpr double kNoGrad = 67108864.0;  // 2^26: room for 2^26 - 1 pieces per tensor
-constexpr size_t kTrailer = 2;
+constexpr size_t kTrailer = 4;
 constexpr size_t kMaxSums = 7;
 
 KOALA_HD size_t sums_per_tensor(koala_method method) {
@@ -35,6 +40,15 @@ KOALA_HD size_t sums_per_tensor(koala_method method) {
 KOALA_HD size_t sums_stride(koala_method method) { return 1 + sums_per_tensor(method); }
 KOALA_HD size_t sums_count(koala_method method, size_t n_global) {
     return n_global * sums_stride(method) + kTrailer;
+}
+
+// A 32-bit fingerprint of the layout every process must agree on, as an
+// exactly representable double (sums of up to 2^21 of them stay exact).
+KOALA_HD double layout_fingerprint(uint64_t global_elements, uint64_t n_global) {
+    uint64_t z = global_elements * 0x9e3779b97f4a7c15ull ^ (n_global + 0x632be59bd9b4e019ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return static_cast<double>(static_cast<uint32_t>(z ^ (z >> 31)));
 }
 
 // Pieces of one global tensor with and without a gradient, from its summed

@@ -27,6 +27,9 @@ struct Pool {
     int parts = 0;
     std::atomic<int> next{0};  // the next unclaimed part
     int finished = 0;          // parts done (under m)
+    int active = 0;            // workers holding the current job (under m): the
+                               // job outlives them, and `next` is not reset while
+                               // one of them may still claim from it
 };
 
 // Leaked on purpose: workers block in it until the process ends, and
@@ -49,11 +52,13 @@ void worker(Pool *p) {
         seen = p->generation;
         const PartFn *job = p->job;
         const int parts = p->parts;
+        ++p->active;
         lock.unlock();
         const int ran = run_claimed(p, *job, parts);
         lock.lock();
         p->finished += ran;
-        if (ran > 0 && p->finished == p->parts) p->done.notify_one();
+        --p->active;
+        if (p->finished == p->parts && p->active == 0) p->done.notify_one();
     }
 }
 
@@ -113,7 +118,7 @@ void run_parts(int threads, const PartFn &part) {
     const int ran = run_claimed(p, part, threads);
     std::unique_lock<std::mutex> lock(p->m);
     p->finished += ran;
-    p->done.wait(lock, [&] { return p->finished == p->parts; });
+    p->done.wait(lock, [&] { return p->finished == p->parts && p->active == 0; });
     p->job = nullptr;
 }
 

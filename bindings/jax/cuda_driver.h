@@ -1,10 +1,13 @@
-// The three CUDA driver calls the GPU handlers need (copies of the small
-// checkpoint blob between XLA's device buffers and host memory, and a stream
-// wait), taken from libcuda.so.1 with dlopen on first GPU use.
+// The one CUDA driver call the GPU handlers need, a stream-ordered
+// device-to-device copy (the scratch copy of the scalar block a mirror
+// optimizer runs on, and the copy of an input into its output should XLA
+// ever not alias them), taken from libcuda.so.1 with dlopen on first use.
 //
 // Why not link cudart: libkoala_jax.so must load on machines without CUDA
 // (the CPU handlers live in it too), and any machine where JAX runs a GPU
-// computation has the driver loaded already.
+// computation has the driver loaded already. The CUDA harness of the tests
+// (tests/jax/gpu_copy_count) substitutes this file's functions to count the
+// calls.
 #pragma once
 
 #include <cstddef>
@@ -12,10 +15,7 @@
 
 namespace koala_jax::cuda {
 
-// Each returns "" on success, else a message naming the call and the error.
-std::string copy_to_host(void *host, const void *device, size_t bytes, void *stream);
-std::string copy_to_device(void *device, const void *host, size_t bytes, void *stream);
+// "" on success, else a message naming the call and the error.
 std::string copy_on_device(void *dst, const void *src, size_t bytes, void *stream);
-std::string synchronize(void *stream);
 
 }  // namespace koala_jax::cuda

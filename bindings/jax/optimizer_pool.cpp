@@ -7,13 +7,13 @@
 namespace koala_jax {
 namespace {
 
-// Enough for a few models (or optax chains) trained side by side in one
-// process, with a spare per XLA thread; a KOALA-M entry holds 2 buffers of
-// the model's size, so the bound also caps the memory held when idle.
-constexpr size_t kMaxIdle = 8;
+// A caller_state optimizer holds its plan only (about 1/4000 of the
+// parameters' size on the CPU path), so the pool can afford a few per
+// model: one per device of a mesh, per step function, plus spares.
+constexpr size_t kMaxIdle = 64;
 
 struct Entry {
-    Layout layout;
+    OptimizerSpec spec;
     OptimizerPtr opt;
 };
 
@@ -22,22 +22,33 @@ std::deque<Entry> idle;  // front = most recently given back
 
 }  // namespace
 
-OptimizerPtr checkout(const Layout &layout, std::string *error) {
+OptimizerPtr checkout(const OptimizerSpec &spec, std::string *error) {
     {
         std::lock_guard<std::mutex> lock(pool_mutex);
         for (auto it = idle.begin(); it != idle.end(); ++it) {
-            if (it->layout == layout) {
+            if (it->spec == spec) {
                 OptimizerPtr opt = std::move(it->opt);
                 idle.erase(it);
                 return opt;
             }
         }
     }
-    koala_config cfg;
-    koala_config_init(&cfg, layout.method);
     koala_optimizer *raw = nullptr;
-    koala_status s = koala_create(&cfg, layout.sizes.size(), layout.sizes.data(), layout.dtype,
-                                  layout.memory, &raw);
+    koala_status s;
+    if (spec.sharded) {
+        koala_shard shard{};
+        shard.struct_size = sizeof shard;
+        shard.n_global = spec.n_global;
+        shard.global_index = spec.global_index.data();
+        shard.global_elements = spec.global_elements;
+        shard.allreduce = nullptr;  // two-phase: koala_update_begin / koala_update_end
+        s = koala_create_sharded(&spec.cfg, spec.sizes.size(),
+                                 spec.sizes.empty() ? nullptr : spec.sizes.data(), &shard,
+                                 spec.dtype, spec.memory, &raw);
+    } else {
+        s = koala_create(&spec.cfg, spec.sizes.size(), spec.sizes.data(), spec.dtype,
+                         spec.memory, &raw);
+    }
     if (s != KOALA_OK) {
         *error = std::string(koala_status_string(s)) + ": " + koala_last_error();
         return nullptr;
@@ -45,10 +56,10 @@ OptimizerPtr checkout(const Layout &layout, std::string *error) {
     return OptimizerPtr(raw);
 }
 
-void give_back(const Layout &layout, OptimizerPtr opt) {
+void give_back(const OptimizerSpec &spec, OptimizerPtr opt) {
     OptimizerPtr evicted;  // destroyed outside the lock
     std::lock_guard<std::mutex> lock(pool_mutex);
-    idle.push_front(Entry{layout, std::move(opt)});
+    idle.push_front(Entry{spec, std::move(opt)});
     if (idle.size() > kMaxIdle) {
         evicted = std::move(idle.back().opt);
         idle.pop_back();

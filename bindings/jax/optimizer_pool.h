@@ -1,50 +1,56 @@
-// A pool of host koala_optimizer objects, keyed by layout, reused across
+// A pool of libkoala optimizers with caller-owned state
+// (koala_config::caller_state = 1), keyed by OptimizerSpec, reused across
 // XLA FFI calls.
 //
-// Why a pool: the optimizer's whole state travels through JAX as a libkoala
-// checkpoint (a uint8 array), so any optimizer of the right layout (method,
-// dtype, tensor sizes) can serve a call: koala_state_load replaces its
-// config, filter scalars, phase and per-tensor buffers. Creating one per
-// call would allocate KOALA-M's 2 buffers/param every step; the pool keeps
-// them. A call checks an optimizer out (no other thread can touch it, as
-// koala.h requires: one optimizer, one thread at a time) and gives it back.
+// Such an optimizer holds no state of the run: the state is the JAX arrays,
+// bound with koala_bind_state at every call. What it does hold is what
+// koala_create set up once (the CPU path's chunk plan and scratch, a device
+// optimizer's plan), which is why it is worth keeping. A call checks an
+// optimizer out (no other thread can use it meanwhile, as koala.h requires:
+// one optimizer, one thread at a time; XLA runs the devices of a CPU mesh on
+// several threads) and gives it back.
 #pragma once
 
-#include <cstddef>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "koala.h"
+#include "step_spec.h"
 
 namespace koala_jax {
-
-struct Layout {
-    koala_method method;
-    koala_dtype dtype;
-    std::vector<size_t> sizes;
-    koala_memory memory = KOALA_HOST;
-    int device = 0;  // the GPU (XLA's device ordinal) of a KOALA_DEVICE optimizer
-    bool operator==(const Layout &o) const {
-        return method == o.method && dtype == o.dtype && sizes == o.sizes &&
-               memory == o.memory && device == o.device;
-    }
-};
 
 struct OptimizerDeleter {
     void operator()(koala_optimizer *opt) const { koala_destroy(opt); }
 };
 using OptimizerPtr = std::unique_ptr<koala_optimizer, OptimizerDeleter>;
 
-// Removes an idle optimizer of `layout` from the pool, or creates one with
-// the method's default config (the checkpoint loaded next overwrites it).
-// Device optimizers are created on the calling thread's current GPU, which
-// XLA has set to the device the computation runs on.
+// An idle optimizer of `spec`, or a new one (koala_create, or
+// koala_create_sharded with no all-reduce callback: the handlers use the
+// two-phase update). Device optimizers are created on the calling thread's
+// current GPU, which XLA has made the device the computation runs on.
 // On failure returns null and fills *error with libkoala's message.
-OptimizerPtr checkout(const Layout &layout, std::string *error);
+OptimizerPtr checkout(const OptimizerSpec &spec, std::string *error);
 
-// Puts an optimizer back for later calls. The pool keeps a bounded number
-// of idle optimizers; beyond that the least recently returned is freed.
-void give_back(const Layout &layout, OptimizerPtr opt);
+// Puts an optimizer back. The pool keeps a bounded number of idle ones;
+// beyond that the least recently returned is freed.
+void give_back(const OptimizerSpec &spec, OptimizerPtr opt);
+
+// Checks out on construction, gives back on destruction.
+class PooledOptimizer {
+   public:
+    PooledOptimizer(const OptimizerSpec &spec, std::string *error)
+        : spec_(spec), opt_(checkout(spec, error)) {}
+    ~PooledOptimizer() {
+        if (opt_) give_back(spec_, std::move(opt_));
+    }
+    PooledOptimizer(const PooledOptimizer &) = delete;
+    PooledOptimizer &operator=(const PooledOptimizer &) = delete;
+    koala_optimizer *get() const { return opt_.get(); }
+    explicit operator bool() const { return opt_ != nullptr; }
+
+   private:
+    OptimizerSpec spec_;
+    OptimizerPtr opt_;
+};
 
 }  // namespace koala_jax

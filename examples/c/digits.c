@@ -1,6 +1,6 @@
 /*
  * digits: train a small neural network on handwritten digits with KOALA-V,
- * KOALA-M and plain SGD, from C, with nothing but koala.h and libc/libm.
+ * KOALA-M, KOALA++ and plain SGD, from C, with nothing but koala.h and libc/libm.
  *
  *   koala-digits [--epochs N] [--seed S] [--data PATH] [--out DIR] [--min-accuracy A]
  *
@@ -41,7 +41,7 @@
 enum { N_IN = 64, N_HIDDEN = 32, N_OUT = 10, N_SAMPLES_MAX = 2000 };
 enum { BATCH = 32 }; /* 1438 training samples: 45 steps per epoch */
 enum { N_TENSORS = 4 };
-enum { N_OPTIMIZERS = 3 };
+enum { N_OPTIMIZERS = 4 };
 
 /* Reference training settings (ALGORITHM.md section 8 / the authors' train.py)
  * where they carry over to this small problem. */
@@ -203,9 +203,12 @@ static void evaluate(const mlp *m, const dataset *d, double *loss, double *accur
 
 /* ---- optimizers ----------------------------------------------------------- */
 
-typedef enum { OPT_KOALA_V, OPT_KOALA_M, OPT_SGD } optimizer_kind;
-static const char *const optimizer_names[N_OPTIMIZERS] = {"KOALA-V", "KOALA-M", "SGD"};
-static const char *const optimizer_colors[N_OPTIMIZERS] = {"#1f77b4", "#d62728", "#7f7f7f"};
+typedef enum { OPT_KOALA_V, OPT_KOALA_M, OPT_KOALA_PP, OPT_SGD } optimizer_kind;
+static const char *const optimizer_names[N_OPTIMIZERS] = {"KOALA-V", "KOALA-M", "KOALA++", "SGD"};
+static const char *const optimizer_colors[N_OPTIMIZERS] = {"#1f77b4", "#d62728", "#2ca02c",
+                                                           "#7f7f7f"};
+static const koala_method optimizer_methods[N_OPTIMIZERS] = {KOALA_VANILLA, KOALA_MOMENTUM,
+                                                             KOALA_PLUSPLUS, 0};
 
 typedef struct curve {
     double train_loss[1024]; /* index = epoch; [0] = before training (full-set loss) */
@@ -244,7 +247,7 @@ static int train(optimizer_kind kind, const mlp *init, const dataset *train_set,
     koala_optimizer *opt = NULL;
     if (kind != OPT_SGD) {
         koala_config cfg;
-        koala_config_init(&cfg, kind == OPT_KOALA_V ? KOALA_VANILLA : KOALA_MOMENTUM);
+        koala_config_init(&cfg, optimizer_methods[kind]);
         cfg.weight_decay = WEIGHT_DECAY;
         if (kind == OPT_KOALA_V) cfg.sigma = KOALA_V_SIGMA;
         if (koala_check(koala_create(&cfg, N_TENSORS, tensor_sizes, KOALA_FLOAT32, KOALA_HOST,
@@ -475,8 +478,8 @@ int main(int argc, char **argv) {
     printf("libkoala %u demo: 64-32-10 tanh MLP on UCI optical digits\n", koala_version());
     printf("data: %s, %d train / %d test samples; batch %d, %d epochs, seed %llu\n", data_path,
            train_set.n, test_set.n, BATCH, epochs, seed);
-    printf("KOALA-V: sigma %.1f, q 1, weight decay %g; KOALA-M: defaults, weight decay %g; "
-           "SGD: lr %g, weight decay %g\n\n",
+    printf("KOALA-V: sigma %.1f, q 1, weight decay %g; KOALA-M, KOALA++: class defaults, weight "
+           "decay %g; SGD: lr %g, weight decay %g\n\n",
            KOALA_V_SIGMA, WEIGHT_DECAY, WEIGHT_DECAY, SGD_LR, WEIGHT_DECAY);
 
     static mlp init;

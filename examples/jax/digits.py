@@ -7,7 +7,7 @@
 Each training step (KOALA predict, forward, backward, KOALA update) is one
 jitted XLA program; parameters and optimizer state are donated, so libkoala
 updates them in place. Prints test accuracy and time per epoch for KOALA-V,
-KOALA-M and optax's Adam. The data ship with scikit-learn (no download).
+KOALA-M, KOALA++ and optax's Adam. The data ship with scikit-learn (no download).
 """
 import argparse
 import time
@@ -113,6 +113,7 @@ def main():
 
     runs = [("KOALA-V", koala_trainer("vanilla", sigma=0.1, weight_decay=5e-4)),
             ("KOALA-M", koala_trainer("momentum", weight_decay=5e-4)),
+            ("KOALA++", koala_trainer("plusplus", weight_decay=5e-4)),
             ("Adam 1e-3", adam_trainer(1e-3))]
     results = [train(name, make, data, args.epochs, args.batch, args.seed)
                for name, make in runs]

@@ -1,13 +1,13 @@
-"""Train a small PyTorch MLP on scikit-learn's digits with libkoala's KOALA-V
-and KOALA-M (through koala.torch, the drop-in classes) and with torch's SGD
-and Adam; 3 seeds each; print a table and save the loss curves.
+"""Train a small PyTorch MLP on scikit-learn's digits with libkoala's KOALA-V,
+KOALA-M and KOALA++ (through koala.torch, the drop-in classes) and with
+torch's SGD and Adam; 3 seeds each; print a table and save the loss curves.
 
     .venv/torch/bin/python examples/python/digits.py [--epochs 30] [--seeds 3] [--out out]
 
 Setup (the official train.py's, where it carries over to this small data set):
 per-sample cross-entropy (reduction='none'), loss_var = mean(l^2), batch 128
 with drop_last, weight decay 5e-4 for every optimizer, KOALA-V with sigma 0.1,
-KOALA-M with the class defaults, SGD lr 0.01 momentum 0.9 (train.py's
+KOALA-M and KOALA++ with the class defaults, SGD lr 0.01 momentum 0.9 (train.py's
 defaults), Adam with torch's default lr 1e-3; no lr schedule. Data: the 1797
 8x8 images scaled to [0, 1]; sample i is a test sample when i % 5 == 4 (1438
 train / 359 test, the split of examples/c/digits.c). Evaluation happens after
@@ -23,12 +23,13 @@ import numpy as np
 import torch
 from sklearn.datasets import load_digits
 
-from koala.torch import MomentumKOALA, VanillaKOALA
+from koala.torch import KOALAPlusPlus, MomentumKOALA, VanillaKOALA
 
 WEIGHT_DECAY = 5e-4
 OPTIMIZERS = {
     "KOALA-V": lambda p: VanillaKOALA(p, sigma=0.1, weight_decay=WEIGHT_DECAY),
     "KOALA-M": lambda p: MomentumKOALA(p, weight_decay=WEIGHT_DECAY),
+    "KOALA++": lambda p: KOALAPlusPlus(p, weight_decay=WEIGHT_DECAY),
     "SGD": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=WEIGHT_DECAY),
     "Adam": lambda p: torch.optim.Adam(p, weight_decay=WEIGHT_DECAY),
 }

@@ -119,7 +119,71 @@ void step_fill(test_step *step, const test_layout *layout, uint64_t seed, unsign
 
 /* ---- buffers ----------------------------------------------------------------- */
 
-size_t dtype_bytes(koala_dtype dtype) { return dtype == KOALA_FLOAT32 ? sizeof(float) : sizeof(double); }
+size_t dtype_bytes(koala_dtype dtype) {
+    switch (dtype) {
+    case KOALA_FLOAT32: return sizeof(float);
+    case KOALA_BFLOAT16:
+    case KOALA_FLOAT16: return sizeof(uint16_t);
+    default: return sizeof(double);
+    }
+}
+
+/* ---- 16-bit formats, written from their definitions ----------------------
+ * (not from the library's bit tricks): a binary format with `digits`
+ * significant bits, smallest normal exponent emin and largest finite value
+ * `max`. Rounding is done in float64 arithmetic with nearbyint (the default
+ * rounding mode rounds ties to even). */
+static double round_to_format(double v, int digits, int emin, double max) {
+    if (v == 0.0 || !isfinite(v)) return v;
+    int e2;
+    frexp(v, &e2);         /* |v| = f 2^e2, f in [0.5, 1): leading bit 2^(e2-1) */
+    int lead = e2 - 1;
+    if (lead < emin) lead = emin; /* subnormal: the spacing stays 2^(emin - digits + 1) */
+    const int quantum = lead - (digits - 1);
+    const double r = ldexp(nearbyint(ldexp(v, -quantum)), quantum);
+    if (fabs(r) > max) return copysign(INFINITY, v);
+    return r;
+}
+
+double round_bf16(double v) { return round_to_format(v, 8, -126, ldexp(255.0, 120)); }
+double round_fp16(double v) { return round_to_format(v, 11, -14, 65504.0); }
+
+uint16_t bf16_bits(double v) {
+    /* A bfloat16 value is a float32 whose low 16 bits are zero. */
+    const float f = (float)round_bf16(v);
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (uint16_t)(u >> 16);
+}
+
+double bf16_value(uint16_t bits) {
+    const uint32_t u = (uint32_t)bits << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+uint16_t fp16_bits(double v) {
+    const double r = round_fp16(v);
+    const uint16_t sign = signbit(r) ? 0x8000u : 0u;
+    const double a = fabs(r);
+    if (isnan(r)) return 0x7e00u;
+    if (isinf(a)) return (uint16_t)(sign | 0x7c00u);
+    if (a < ldexp(1.0, -14)) return (uint16_t)(sign | (uint16_t)ldexp(a, 24)); /* subnormal */
+    int e2;
+    const double f = frexp(a, &e2); /* a = f 2^e2, f in [0.5, 1) */
+    const unsigned exponent = (unsigned)(e2 - 1 + 15);
+    const unsigned mantissa = (unsigned)ldexp(2.0 * f - 1.0, 10);
+    return (uint16_t)(sign | (exponent << 10) | mantissa);
+}
+
+double fp16_value(uint16_t bits) {
+    const double sign = (bits & 0x8000u) ? -1.0 : 1.0;
+    const unsigned e = (bits >> 10) & 0x1fu, m = bits & 0x3ffu;
+    if (e == 0) return sign * ldexp((double)m, -24);
+    if (e == 31) return m ? NAN : sign * INFINITY;
+    return sign * ldexp(1024.0 + m, (int)e - 25);
+}
 
 void **buffers_alloc(const test_layout *layout, koala_dtype dtype) {
     void **b = xmalloc(layout->n * sizeof *b);
@@ -148,22 +212,30 @@ int buffers_equal(void *const *a, void *const *b, const test_layout *layout, koa
 }
 
 double buffer_get(const void *buffer, size_t j, koala_dtype dtype) {
-    return dtype == KOALA_FLOAT32 ? (double)((const float *)buffer)[j]
-                                  : ((const double *)buffer)[j];
+    switch (dtype) {
+    case KOALA_FLOAT32: return (double)((const float *)buffer)[j];
+    case KOALA_BFLOAT16: return bf16_value(((const uint16_t *)buffer)[j]);
+    case KOALA_FLOAT16: return fp16_value(((const uint16_t *)buffer)[j]);
+    default: return ((const double *)buffer)[j];
+    }
 }
 
-static void buffer_set(void *buffer, size_t j, koala_dtype dtype, double value) {
-    if (dtype == KOALA_FLOAT32)
-        ((float *)buffer)[j] = (float)value;
-    else
-        ((double *)buffer)[j] = value;
+void buffer_set(void *buffer, size_t j, koala_dtype dtype, double value) {
+    switch (dtype) {
+    case KOALA_FLOAT32: ((float *)buffer)[j] = (float)value; break;
+    case KOALA_BFLOAT16: ((uint16_t *)buffer)[j] = bf16_bits(value); break;
+    case KOALA_FLOAT16: ((uint16_t *)buffer)[j] = fp16_bits(value); break;
+    default: ((double *)buffer)[j] = value; break;
+    }
 }
 
 /* ---- pair ---------------------------------------------------------------------- */
 
 ref_config ref_config_from(const koala_config *cfg) {
     ref_config r;
-    r.method = cfg->method == KOALA_MOMENTUM ? REF_MOMENTUM : REF_VANILLA;
+    r.method = cfg->method == KOALA_MOMENTUM    ? REF_MOMENTUM
+               : cfg->method == KOALA_PLUSPLUS ? REF_PLUSPLUS
+                                               : REF_VANILLA;
     r.lr = cfg->lr;
     r.weight_decay = cfg->weight_decay;
     r.r = isnan(cfg->r) ? -1.0 : cfg->r;
@@ -176,6 +248,7 @@ ref_config ref_config_from(const koala_config *cfg) {
     r.a = cfg->a;
     r.qw = cfg->qw;
     r.qv = cfg->qv;
+    r.asymmetric = cfg->asymmetric;
     return r;
 }
 
@@ -187,6 +260,20 @@ koala_status pair_init(test_pair *pair, const koala_config *cfg, const test_layo
     pair->with_reference = with_reference;
     koala_status st = koala_create(cfg, layout->n, layout->sizes, dtype, KOALA_HOST, &pair->opt);
     if (st != KOALA_OK) return st;
+    if (cfg->caller_state) {
+        st = koala_state_layout(pair->opt, &pair->state_buffers, &pair->state_dtype,
+                                &pair->scalar_count);
+        if (st != KOALA_OK) return st;
+        pair->state = xmalloc((pair->state_buffers * layout->n + 1) * sizeof *pair->state);
+        for (size_t b = 0; b < pair->state_buffers; ++b)
+            for (size_t i = 0; i < layout->n; ++i)
+                pair->state[b * layout->n + i] =
+                    xmalloc(layout->sizes[i] * dtype_bytes(pair->state_dtype));
+        pair->scalars = xmalloc(pair->scalar_count * sizeof *pair->scalars);
+        st = koala_state_init(pair->opt, pair->state, pair->scalars, NULL);
+        if (st == KOALA_OK) st = koala_bind_state(pair->opt, pair->state, pair->scalars);
+        if (st != KOALA_OK) return st;
+    }
     pair->params = buffers_alloc(layout, dtype);
     pair->grads = buffers_alloc(layout, dtype);
     pair->grad_args = xmalloc(layout->n * sizeof *pair->grad_args);
@@ -217,6 +304,11 @@ koala_status pair_init(test_pair *pair, const koala_config *cfg, const test_layo
 
 void pair_free(test_pair *pair) {
     koala_destroy(pair->opt);
+    if (pair->state) {
+        for (size_t k = 0; k < pair->state_buffers * pair->layout->n; ++k) free(pair->state[k]);
+        free(pair->state);
+        free(pair->scalars);
+    }
     buffers_free(pair->params, pair->layout);
     buffers_free(pair->grads, pair->layout);
     free(pair->grad_args);
@@ -263,6 +355,18 @@ void pair_set_lr(test_pair *pair, double lr) {
     if (pair->with_reference) ref_set_lr(&pair->ref, lr);
 }
 
+koala_status pair_set_tensor_lr(test_pair *pair, const double *scale) {
+    const koala_status st = koala_set_tensor_lr(pair->opt, scale, NULL);
+    if (st == KOALA_OK && pair->with_reference) ref_set_tensor_lr(&pair->ref, scale);
+    return st;
+}
+
+koala_status pair_set_tensor_wd(test_pair *pair, const double *weight_decay) {
+    const koala_status st = koala_set_tensor_weight_decay(pair->opt, weight_decay, NULL);
+    if (st == KOALA_OK && pair->with_reference) ref_set_tensor_wd(&pair->ref, weight_decay);
+    return st;
+}
+
 double pair_param_error(const test_pair *pair) {
     double worst = 0.0;
     for (size_t i = 0; i < pair->layout->n; ++i) {
@@ -307,7 +411,9 @@ double pair_info_error(const test_pair *pair, const char **what) {
     }
     double worst = 0.0;
     track(info.r, k->r, 0.0, "r", &worst, what);
-    if (k->cfg.method == REF_VANILLA) {
+    if (k->cfg.method == REF_PLUSPLUS) {
+        /* KOALA++ keeps no shared covariance: R is its one global scalar. */
+    } else if (k->cfg.method == REF_VANILLA) {
         track(info.sigma, k->sigma, fabs(k->last_prior), "sigma", &worst, what);
     } else {
         double scale = fabs(k->last_prior);
@@ -316,6 +422,33 @@ double pair_info_error(const test_pair *pair, const char **what) {
         track(info.p01, k->p01, scale, "p01", &worst, what);
         track(info.p11, k->p11, scale, "p11", &worst, what);
         track(info.qw, k->qw, 0.0, "qw", &worst, what);
+    }
+    return worst;
+}
+
+double pair_plusplus_state_error(const test_pair *pair) {
+    const test_layout *l = pair->layout;
+    if (!pair->state || pair->state_buffers != 2) return INFINITY;
+    double worst = 0.0;
+    for (int which = 0; which < 2; ++which) {
+        double *const *ref = which == 0 ? pair->ref.pp_v : pair->ref.pp_h;
+        for (size_t i = 0; i < l->n; ++i) {
+            const void *lib = pair->state[(size_t)which * l->n + i];
+            double diff = 0.0, norm = 0.0, h_norm = 0.0;
+            for (size_t j = 0; j < l->sizes[i]; ++j) {
+                const double d = buffer_get(lib, j, pair->state_dtype) - ref[i][j];
+                diff += d * d;
+                norm += ref[i][j] * ref[i][j];
+                h_norm += pair->ref.pp_h[i][j] * pair->ref.pp_h[i][j];
+            }
+            /* v enters the step as v + Q H: measure it against Q |H| too, so
+             * that a v that cancels to rounding noise (R = 0 makes the first
+             * v exactly 0 in exact arithmetic) is not compared to itself. */
+            if (which == 0 && pair->ref.cfg.q * pair->ref.cfg.q * h_norm > norm)
+                norm = pair->ref.cfg.q * pair->ref.cfg.q * h_norm;
+            const double err = norm > 0.0 ? sqrt(diff / norm) : sqrt(diff);
+            if (!(err <= worst)) worst = err;
+        }
     }
     return worst;
 }

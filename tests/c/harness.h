@@ -89,6 +89,18 @@ void buffers_free(void **buffers, const test_layout *layout);
 void buffers_copy(void **dst, void *const *src, const test_layout *layout, koala_dtype dtype);
 int buffers_equal(void *const *a, void *const *b, const test_layout *layout, koala_dtype dtype);
 double buffer_get(const void *buffer, size_t j, koala_dtype dtype);
+/* Stores `value` rounded to the dtype (16-bit types: to nearest-even). */
+void buffer_set(void *buffer, size_t j, koala_dtype dtype, double value);
+
+/* bfloat16 and IEEE binary16 written from their definitions (harness.c):
+ * round a float64 to the nearest value of the format (ties to even, Inf
+ * past the largest finite value), and encode / decode the bits. */
+double round_bf16(double v);
+double round_fp16(double v);
+uint16_t bf16_bits(double v);
+uint16_t fp16_bits(double v);
+double bf16_value(uint16_t bits);
+double fp16_value(uint16_t bits);
 
 /* ---- a library optimizer next to the reference --------------------------- */
 typedef struct test_pair {
@@ -103,11 +115,20 @@ typedef struct test_pair {
     double **ref_params;      /* the reference's parameters (float64) */
     double **ref_grads;       /* scratch: the reference's gradient arguments */
     double *start_norm;       /* ||x_0,i||, the floor of the error metric */
+    /* cfg.caller_state = 1: the state the test owns, bound at pair_init
+     * (state[b * n + i] = buffer b of tensor i, of state_dtype). */
+    void **state;
+    size_t state_buffers;     /* per tensor */
+    koala_dtype state_dtype;
+    double *scalars;
+    size_t scalar_count;
 } test_pair;
 
 ref_config ref_config_from(const koala_config *cfg);
 /* Creates the optimizer and random parameters from `seed` (rounded to the
- * dtype first, so both sides start from the same numbers). Returns
+ * dtype first, so both sides start from the same numbers). With
+ * cfg->caller_state the pair allocates the state, koala_state_init's it and
+ * binds it. Returns
  * KOALA_OK or the failing status of koala_create. */
 koala_status pair_init(test_pair *pair, const koala_config *cfg, const test_layout *layout,
                        koala_dtype dtype, uint64_t seed, int with_reference);
@@ -121,6 +142,10 @@ koala_status pair_update(test_pair *pair, test_step *step);
  * reference's arguments) from the step, rounding it to the dtype. */
 void pair_load_grads(test_pair *pair, test_step *step);
 void pair_set_lr(test_pair *pair, double lr);
+/* koala_set_tensor_lr / koala_set_tensor_weight_decay on the library and the
+ * same on the reference (when the library accepts them). */
+koala_status pair_set_tensor_lr(test_pair *pair, const double *scale);
+koala_status pair_set_tensor_wd(test_pair *pair, const double *weight_decay);
 
 /* max over tensors of the norm-relative parameter error (see the top). */
 double pair_param_error(const test_pair *pair);
@@ -132,6 +157,11 @@ double pair_param_error(const test_pair *pair);
  * keeps a rounding residue of that scale. `what` (may be NULL) receives
  * the name of the worst field. */
 double pair_info_error(const test_pair *pair, const char **what);
+
+/* KOALA++: the largest norm-relative error (floor as above) of the
+ * library's v and previous-H buffers against the reference's; the pair must
+ * own the state (caller_state) so the buffers can be read. */
+double pair_plusplus_state_error(const test_pair *pair);
 
 /* KOALA-M: the largest norm-relative error (floor: the reference buffer's
  * norm, or an absolute error where that is 0) of the library's velocity and

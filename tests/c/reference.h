@@ -1,8 +1,9 @@
 /*
- * reference.h - an independent float64 model of KOALA-V and KOALA-M.
+ * reference.h - an independent float64 model of KOALA-V, KOALA-M and KOALA++.
  *
  * Written from ALGORITHM.md sections 3 and 4 (the official code's update
- * rules), sharing no code with src/: it includes neither src/ headers nor
+ * rules) and section 7 (KOALA++, the official koalap.py's semantics),
+ * sharing no code with src/: it includes neither src/ headers nor
  * koala.h, keeps its own config struct, and uses the REFERENCE covariance
  * forms (sigma - sigma^2 max rho and P - h~ c c^T), not the library's
  * algebraically equal "stable" forms. Agreement with the library therefore
@@ -18,7 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { REF_VANILLA = 1, REF_MOMENTUM = 2 };
+enum { REF_VANILLA = 1, REF_MOMENTUM = 2, REF_PLUSPLUS = 3 };
 
 /* Hyper-parameters (ALGORITHM.md section 8). r < 0 selects the online R. */
 typedef struct ref_config {
@@ -26,8 +27,9 @@ typedef struct ref_config {
     double lr, weight_decay;
     double r;        /* fixed R >= 0, or negative for the online EMA with R0 = 1 */
     double alpha_r;
-    double sigma, q;                 /* vanilla */
+    double sigma, q;                 /* vanilla; KOALA++: P0 = sigma I and Q */
     double sw, sc, sv, a, qw, qv;    /* momentum */
+    int asymmetric;                  /* KOALA++: 1 = w_k = 0 */
 } ref_config;
 
 typedef struct ref_koala {
@@ -43,6 +45,15 @@ typedef struct ref_koala {
                                comparing covariances that cancel to ~0 when R ~ 0 */
     double **velocity;      /* momentum: v_i, zero at start */
     double **xbar;          /* momentum: slow average x-bar_i, zero at start */
+    /* KOALA++ (section 7.3), per tensor: v and H of its last update, S of
+     * its last update, and whether it was ever updated (first visit). */
+    double **pp_v, **pp_h;
+    double *pp_s;
+    int *pp_seen;
+    /* Per-tensor hyper-parameters (koala_set_tensor_lr / _weight_decay):
+     * tensor i steps with lr * lr_scale[i] and uses weight decay tensor_wd[i]. */
+    double *lr_scale;
+    double *tensor_wd;
 } ref_koala;
 
 /* Returns 0 on success, -1 on allocation failure. */
@@ -57,5 +68,8 @@ void ref_update(ref_koala *k, double loss, double loss_var, double *const *param
                 const double *const *grads);
 
 void ref_set_lr(ref_koala *k, double lr);
+/* NULL restores 1 (lr) / cfg.weight_decay (weight decay) for every tensor. */
+void ref_set_tensor_lr(ref_koala *k, const double *scale);
+void ref_set_tensor_wd(ref_koala *k, const double *weight_decay);
 
 #endif

@@ -4,6 +4,7 @@
  * The Fortran test links this file and asks it two things:
  *  - the true C layout of koala_config / koala_info (sizeof, offsetof), to
  *    compare with the bind(C) derived types of `module koala`;
+ *  - koala.h's size macros (KOALA_CONFIG_SIZE_1_0, ...);
  *  - the result of running the same steps through the C ABI directly, to
  *    compare with the run through the Fortran wrappers (which must be
  *    identical bit for bit: the binding does no arithmetic).
@@ -13,7 +14,7 @@
 
 #include "koala.h"
 
-size_t ref_config_layout(size_t offsets[14]) {
+size_t ref_config_layout(size_t offsets[20]) {
     size_t k = 0;
     offsets[k++] = offsetof(koala_config, struct_size);
     offsets[k++] = offsetof(koala_config, method);
@@ -29,10 +30,16 @@ size_t ref_config_layout(size_t offsets[14]) {
     offsets[k++] = offsetof(koala_config, a);
     offsets[k++] = offsetof(koala_config, qw);
     offsets[k++] = offsetof(koala_config, qv);
+    offsets[k++] = offsetof(koala_config, threads);
+    offsets[k++] = offsetof(koala_config, stochastic_rounding);
+    offsets[k++] = offsetof(koala_config, seed);
+    offsets[k++] = offsetof(koala_config, asymmetric);
+    offsets[k++] = offsetof(koala_config, fused_predict);
+    offsets[k++] = offsetof(koala_config, caller_state);
     return sizeof(koala_config);
 }
 
-size_t ref_info_layout(size_t offsets[9]) {
+size_t ref_info_layout(size_t offsets[12]) {
     size_t k = 0;
     offsets[k++] = offsetof(koala_info, struct_size);
     offsets[k++] = offsetof(koala_info, steps);
@@ -43,10 +50,32 @@ size_t ref_info_layout(size_t offsets[9]) {
     offsets[k++] = offsetof(koala_info, p11);
     offsets[k++] = offsetof(koala_info, r);
     offsets[k++] = offsetof(koala_info, qw);
+    offsets[k++] = offsetof(koala_info, lr);
+    offsets[k++] = offsetof(koala_info, threads);
+    offsets[k++] = offsetof(koala_info, phase);
     return sizeof(koala_info);
 }
 
-/* Runs `steps` predict/update iterations of a default-config optimizer of
+size_t ref_shard_layout(size_t offsets[6]) {
+    size_t k = 0;
+    offsets[k++] = offsetof(koala_shard, struct_size);
+    offsets[k++] = offsetof(koala_shard, n_global);
+    offsets[k++] = offsetof(koala_shard, global_index);
+    offsets[k++] = offsetof(koala_shard, global_elements);
+    offsets[k++] = offsetof(koala_shard, allreduce);
+    offsets[k++] = offsetof(koala_shard, user);
+    return sizeof(koala_shard);
+}
+
+/* koala.h's 1.0 sizes and the lr slot of the caller-owned scalars. */
+void ref_constants(size_t out[3]) {
+    out[0] = KOALA_CONFIG_SIZE_1_0;
+    out[1] = KOALA_INFO_SIZE_1_0;
+    out[2] = KOALA_SCALAR_LR_SCALE;
+}
+
+/* Runs `steps` predict/update iterations of a default-config optimizer
+ * (koala_config_init, the header's macro: the whole 1.1 struct) of
  * `method` over two float32 tensors x1[n1], x2[n2] (updated in place), with
  * the gradients of step k at g1[k*n1..], g2[k*n2..] and the losses at
  * loss[k], loss_var[k]. Fills *info. Returns the first non-OK status. */

@@ -13,8 +13,13 @@ def small():
 
 
 def test_mixed_dtypes():
-    with pytest.raises(TypeError, match=r"mixes dtypes \['float32', 'float64'\]"):
-        kj.init({"a": jnp.ones(3, jnp.float32), "b": jnp.ones(3, jnp.float64)})
+    with pytest.raises(TypeError, match=r"mixes dtypes \['bfloat16', 'float32'\]"):
+        kj.init({"a": jnp.ones(3, jnp.float32), "b": jnp.ones(3, jnp.bfloat16)})
+
+
+def test_unknown_method_name_lists_the_methods():
+    with pytest.raises(ValueError, match="momentum.*plusplus"):
+        kj.init(small(), "adamw")
 
 
 def test_integer_arrays():
@@ -32,6 +37,8 @@ def test_unknown_method_and_config():
         kj.init(small(), "adam")
     with pytest.raises(TypeError, match="unknown config field"):
         kj.init(small(), "vanilla", beta=0.9)
+    with pytest.raises(TypeError, match="unknown config field.*fused_predict"):
+        kj.init(small(), "momentum", fused_predict=1)
 
 
 def test_bad_config_value_is_libkoalas_message():
@@ -47,7 +54,7 @@ def test_state_of_another_tree():
     with pytest.raises(ValueError, match="does not match the optimizer state"):
         kj.predict(other, state)
     with pytest.raises(ValueError, match="does not match the optimizer state"):
-        jax.jit(kj.predict)(jax.tree_util.tree_map(lambda p: p.astype(jnp.float32), small()),
+        jax.jit(kj.predict)(jax.tree_util.tree_map(lambda p: p.astype(jnp.float16), small()),
                             state)
 
 
@@ -59,12 +66,34 @@ def test_grads_of_another_structure():
         kj.update(params, {"a": params["a"], "b": params["b"][0]}, state, 1.0, 1.0)
 
 
-def test_corrupt_checkpoint_is_bad_state():
+def test_corrupt_scalar_block_is_rejected():
+    """A scalar block that is not libkoala's (here: an impossible call phase)
+    is refused by koala_bind_state, naming the slot."""
     params = small()
     state = kj.init(params, "momentum")
-    bad = state._replace(state.ckpt.at[40].add(1))  # breaks the checksum
-    with pytest.raises(Exception, match="KOALA_ERROR_BAD_STATE"):
+    s = np.ascontiguousarray(np.asarray(state.scalars)).view(np.float64).copy()
+    s[8] = 7.0  # the phase slot
+    bad = state._replace(scalars=jnp.asarray(s.view(np.asarray(state.scalars).dtype)))
+    with pytest.raises(Exception, match="KOALA_ERROR_INVALID_ARGUMENT.*the phase"):
         jax.block_until_ready(jax.jit(kj.predict)(params, bad))
+
+
+def test_scalar_block_of_another_tree():
+    state = kj.init({"a": jnp.ones(3)}, "momentum")
+    other = kj.init({"a": jnp.ones(3), "b": jnp.ones(2)}, "momentum")
+    wrong = other._replace(scalars=state.scalars)
+    with pytest.raises(Exception, match="the scalar block must be"):
+        jax.block_until_ready(kj.predict({"a": jnp.ones(3), "b": jnp.ones(2)}, wrong))
+
+
+def test_negative_traced_lr():
+    params = small()
+    state = kj.init(params)
+    params, state = kj.predict(params, state)
+    with pytest.raises(Exception, match="lr is -0.5.*finite and >= 0"):
+        jax.block_until_ready(jax.jit(kj.update)(params, params, state, 1.0, 1.0, -0.5))
+    with pytest.raises(kj.KoalaError, match="cfg->lr is -1"):
+        kj.init(params, lr=-1.0)
 
 
 def test_predict_twice_is_bad_state():

@@ -3,8 +3,9 @@ ALGORITHM.md §3 (predict: sigma += q; update: online R, per-block Kalman step
 with the raw gradient, sigma <- sigma_hat - sigma_hat^2 max rho)."""
 import jax
 import numpy as np
+import pytest
 
-from conftest import kj
+from conftest import X64, kj
 from problems import batches, loss_and_var, nested_params
 
 
@@ -32,6 +33,7 @@ def reference_koala_v(sigma, q, alpha_r, weight_decay, lr):
     return st, predict, update
 
 
+@pytest.mark.skipif(not X64, reason="a float64 reference needs jax_enable_x64")
 def test_vanilla_matches_numpy_reference():
     cfg = dict(sigma=0.1, q=1.0, alpha_r=0.9, weight_decay=5e-4, lr=1.0)
     params = nested_params(np.float64, seed=3)

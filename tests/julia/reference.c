@@ -4,7 +4,7 @@
  *   koala_julia_reference layout
  *       sizeof and field offsets of koala_config and koala_info
  *   koala_julia_reference run METHOD DTYPE STEPS
- *       METHOD vanilla|momentum, DTYPE f32|f64: runs STEPS default-config
+ *       METHOD vanilla|momentum|plusplus, DTYPE f32|f64: runs STEPS default-config
  *       predict/update iterations through the C ABI on the inputs below and
  *       prints the parameters ("param T V1 V2 ...") and the info scalars.
  *
@@ -32,18 +32,24 @@ static double loss_var_of(size_t k) { return 1.5 / (double)((k + 1) * (k + 1)); 
 
 static int layout(void) {
     printf("config %zu", sizeof(koala_config));
-    printf(" %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n",
+    printf(" %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu",
            offsetof(koala_config, struct_size), offsetof(koala_config, method),
            offsetof(koala_config, lr), offsetof(koala_config, weight_decay),
            offsetof(koala_config, r), offsetof(koala_config, alpha_r),
            offsetof(koala_config, sigma), offsetof(koala_config, q), offsetof(koala_config, sw),
            offsetof(koala_config, sc), offsetof(koala_config, sv), offsetof(koala_config, a),
            offsetof(koala_config, qw), offsetof(koala_config, qv));
-    printf("info %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu\n", sizeof(koala_info),
+    printf(" %zu %zu %zu %zu %zu %zu\n", /* since 1.1 */
+           offsetof(koala_config, threads), offsetof(koala_config, stochastic_rounding),
+           offsetof(koala_config, seed), offsetof(koala_config, asymmetric),
+           offsetof(koala_config, fused_predict), offsetof(koala_config, caller_state));
+    printf("info %zu %zu %zu %zu %zu %zu %zu %zu %zu %zu", sizeof(koala_info),
            offsetof(koala_info, struct_size), offsetof(koala_info, steps),
            offsetof(koala_info, skipped_steps), offsetof(koala_info, sigma),
            offsetof(koala_info, p00), offsetof(koala_info, p01), offsetof(koala_info, p11),
            offsetof(koala_info, r), offsetof(koala_info, qw));
+    printf(" %zu %zu %zu\n", /* since 1.1 */
+           offsetof(koala_info, lr), offsetof(koala_info, threads), offsetof(koala_info, phase));
     return 0;
 }
 
@@ -106,9 +112,11 @@ static int run(koala_method method, int f64, size_t steps) {
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "layout") == 0) return layout();
     if (argc == 5 && strcmp(argv[1], "run") == 0) {
-        koala_method method = strcmp(argv[2], "momentum") == 0 ? KOALA_MOMENTUM : KOALA_VANILLA;
+        koala_method method = strcmp(argv[2], "momentum") == 0   ? KOALA_MOMENTUM
+                              : strcmp(argv[2], "plusplus") == 0 ? KOALA_PLUSPLUS
+                                                                 : KOALA_VANILLA;
         return run(method, strcmp(argv[3], "f64") == 0, (size_t)atoi(argv[4]));
     }
-    fprintf(stderr, "usage: %s layout | run vanilla|momentum f32|f64 STEPS\n", argv[0]);
+    fprintf(stderr, "usage: %s layout | run vanilla|momentum|plusplus f32|f64 STEPS\n", argv[0]);
     return 2;
 }

@@ -64,12 +64,30 @@ function run_tests()
         @test (c.lr, c.weight_decay, c.alpha_r, c.sigma, c.q) == (1.0, 0.0, 0.9, 1.0, 1.0)
         @test (c.sw, c.sc, c.sv, c.a, c.qw, c.qv) == (0.1, 0.0, 0.1, 0.9, 0.01, 0.01)
         @test isnan(c.r)
+        @test (c.threads, c.stochastic_rounding, c.seed, c.asymmetric, c.fused_predict, c.caller_state) ==
+              (0, 0, 0, 0, 0, 0)
+        p = Config(:plusplus)
+        @test p.method == Koala.KOALA_PLUSPLUS
+        @test (p.sigma, p.q, p.alpha_r, p.lr, p.weight_decay) == (1.0, 1.0, 0.9, 1.0, 0.0) && isnan(p.r)
+        @test Config(:momentum; fused_predict = 1, threads = 2).fused_predict == 1
+        @test_throws ArgumentError Config(:vanilla; caller_state = 1)
         @test Config(:vanilla; sigma = 0.1, lr = 0.5).sigma == 0.1
         @test_throws ArgumentError Config(:vanilla; sigmaa = 0.1)
         @test_throws ArgumentError Config(:adam)
     end
 
-    @testset "same numbers as the C ABI: $method $T" for method in (:momentum, :vanilla),
+    @testset "1.1 config fields are honoured (sized init)" begin
+        for n in (1, 3)
+            opt = Optimizer(Config(:vanilla; threads = n), [8])
+            inf = Koala.info(opt)
+            @test (inf.threads, inf.phase, inf.lr) == (n, 0, 1.0)
+            close(opt)
+        end
+        err = try Optimizer(Config(:vanilla; threads = -1), [8]); nothing catch e; e end
+        @test err isa KoalaError && occursin("threads", err.message)
+    end
+
+    @testset "same numbers as the C ABI: $method $T" for method in (:momentum, :vanilla, :plusplus),
                                                            T in (Float32, Float64)
         ref_x, ref_info = reference_run(method, T, 3)
         x, inf = julia_run(method, T, 3)
@@ -104,6 +122,106 @@ function run_tests()
         inf = Koala.info(opt)
         @test isapprox(inf.sigma, sig_hat * minimum(ratios); rtol = 1e-13)
         @test isapprox(inf.r, r; rtol = 1e-15)
+    end
+
+    @testset "three KOALA++ steps against ALGORITHM.md §7.2-7.3 (float64)" begin
+        # tensor 2 has no gradient in step 1 (its first visit is step 2); w_k
+        # is 0 in the step after a first visit, so step 3 is the first where
+        # the symmetric term counts
+        sigma0, q, lr, wd = 0.5, 0.3, 0.8, 0.02
+        losses = [(0.8, 0.9), (0.6, 0.5), (0.7, 0.6)]
+        x = [[-0.4, -0.1, 0.2, 0.5], [0.25, -1.5, 0.75]]
+        e = deepcopy(x)
+        gr(k, t, i) = 0.1 * sin(1.3i + 0.7t + 2.1k)
+        opt = Optimizer(Config(:plusplus; sigma = sigma0, q = q, lr = lr, weight_decay = wd), x)
+        r = 1.0
+        state = Any[nothing, nothing]        # (v, H, S) per tensor
+        w_term = 0.0
+        for k in 1:3
+            g = [[gr(k, t, i) for i in 1:length(x[t])] for t in 1:2]
+            present = [true, k > 1]
+            predict!(opt, x)
+            update!(opt, losses[k][1], losses[k][2], x, [present[t] ? g[t] : nothing for t in 1:2])
+            r = 0.9r + 0.1losses[k][2]
+            for t in 1:2
+                present[t] || continue
+                H = g[t] .+ wd .* e[t]
+                L = losses[k][1] + wd / 2 * sum(e[t] .^ 2)
+                if state[t] === nothing
+                    v0 = sigma0 .* H
+                    state[t] = (v0, H, sum(H .* v0) + q * sum(H .^ 2) + r)
+                end
+                vp, Hp, Sp = state[t]
+                hh, hp2 = sum(H .* Hp), sum(Hp .^ 2)
+                alpha = hh / hp2
+                lambda = sum(H .* (vp .+ q .* Hp)) / Sp
+                w = (sum(H .* vp) * hp2 - sum(Hp .* vp) * hh) / hp2^2
+                v = (alpha - lambda) .* vp .+ q .* (H .- lambda .* Hp) .+ w .* Hp
+                S = sum(H .* v) + q * sum(H .^ 2) + r
+                e[t] = e[t] .- lr * L .* (v .+ q .* H) ./ S
+                k == 3 && (w_term = max(w_term, abs(w) * sqrt(hp2) / sqrt(sum(v .^ 2))))
+                state[t] = (v, H, S)
+            end
+            @test all(isapprox.(x[1], e[1]; rtol = 1e-13)) && all(isapprox.(x[2], e[2]; rtol = 1e-13))
+            k == 1 && @test x[2] == [0.25, -1.5, 0.75]
+        end
+        @test w_term > 1e-3
+        @test Koala.info(opt).steps == 3 && isapprox(Koala.info(opt).r, r; rtol = 1e-15)
+    end
+
+    @testset "per-tensor lr and weight decay (KOALA-V: tensor i depends on its own)" begin
+        function vstep(cfg; scale = nothing, wd = nothing)
+            x = [[-0.4, -0.1, 0.2, 0.5], [0.25, -1.5, 0.75]]
+            g = [[-0.1, 0.2, -0.3, 0.4], [0.02, 0.5, -0.3]]
+            opt = Optimizer(cfg, x)
+            set_tensor_lr!(opt, scale); set_tensor_weight_decay!(opt, wd)
+            predict!(opt, x); update!(opt, 0.8, 0.9, x, g)
+            return x
+        end
+        a = vstep(Config(:vanilla); scale = [0.5, 0.25])
+        @test isapprox(a[1], vstep(Config(:vanilla; lr = 0.5))[1]; rtol = 1e-15)
+        @test isapprox(a[2], vstep(Config(:vanilla; lr = 0.25))[2]; rtol = 1e-15)
+        a = vstep(Config(:vanilla); wd = [0.05, 0.0])
+        @test isapprox(a[1], vstep(Config(:vanilla; weight_decay = 0.05))[1]; rtol = 1e-15)
+        @test a[2] == vstep(Config(:vanilla))[2] && a[1] != vstep(Config(:vanilla))[1]
+        opt = Optimizer(Config(:vanilla), [4, 3]; dtype = Float64)
+        err = try set_tensor_lr!(opt, [1.0]); nothing catch e; e end
+        @test err isa KoalaError && occursin("scale has 1 values", err.message)
+        err = try set_tensor_lr!(opt, [1.0, -2.0]); nothing catch e; e end
+        @test err isa KoalaError && occursin("scale", err.message)
+        err = try set_tensor_weight_decay!(opt, [1.0, NaN]); nothing catch e; e end
+        @test err isa KoalaError && occursin("weight_decay", err.message)
+    end
+
+    @testset "posterior! of a fused KOALA-M" begin
+        x = [Float32[1, 2, 3], Float32[-1, 0.5]]
+        y = deepcopy(x)
+        out = deepcopy(x)
+        plain = Optimizer(Config(:momentum), x)
+        fused = Optimizer(Config(:momentum; fused_predict = 1), y)
+        for k in 1:3
+            g = [Float32[0.1, -0.2, 0.3] ./ k, Float32[0.05, 0.05] .* k]
+            predict!(plain, x)
+            err = try posterior!(out, plain, x); nothing catch e; e end
+            @test err isa KoalaError && err.status == Koala.KOALA_ERROR_BAD_STATE
+            update!(plain, 1.0 / k, 1.2 / k^2, x, g)
+            predict!(fused, y); update!(fused, 1.0 / k, 1.2 / k^2, y, g)
+            posterior!(out, fused, y)
+            @test all(isapprox.(out[1], x[1]; rtol = 1e-6)) && all(isapprox.(out[2], x[2]; rtol = 1e-6))
+        end
+        @test y != x
+    end
+
+    @testset "Float16 arrays (since 1.1): the float32 step rounded to Float16" begin
+        x16 = [Float16[0.5, -1.0, 0.25, 2.0]]
+        g16 = [Float16[0.125, 0.25, -0.5, 0.0625]]
+        x32 = [Float32.(x16[1])]
+        g32 = [Float32.(g16[1])]
+        o16 = Optimizer(Config(:vanilla), x16)
+        o32 = Optimizer(Config(:vanilla), x32)
+        predict!(o16, x16); update!(o16, 0.7, 0.6, x16, g16)
+        predict!(o32, x32); update!(o32, 0.7, 0.6, x32, g32)
+        @test x16[1] == Float16.(x32[1]) && x16[1] != Float16[0.5, -1.0, 0.25, 2.0]
     end
 
     @testset "checkpoint round trip" begin

@@ -67,13 +67,17 @@ def test_plain_buffers():
         opt.update(1.0, 1.0, [array.array("i", [1, 2])], [None])
 
 
-def test_torch_non_contiguous_param_named():
+def test_torch_non_dense_param_named_and_dense_orders_accepted():
     torch = pytest.importorskip("torch")
-    p = [torch.ones(4, 4).t()]
-    opt = koala.Optimizer("vanilla", [16], dtype=torch.float32)
+    opt = koala.Optimizer("vanilla", [8], dtype=torch.float32)
     opt.predict()
-    with pytest.raises(koala.InvalidArgument, match=r"params\[0\] is not contiguous"):
-        opt.update(1.0, 1.0, p, [torch.ones(16)])
+    with pytest.raises(koala.InvalidArgument, match=r"params\[0\] is not contiguous.*dense copy"):
+        opt.update(1.0, 1.0, [torch.ones(4, 4)[:, :2]], [torch.ones(8)])
+    with pytest.raises(koala.InvalidArgument, match=r"grads\[0\] has another element order"):
+        opt.update(1.0, 1.0, [torch.ones(4, 2).t()], [torch.ones(2, 4)])
+    w = torch.ones(4, 2).t()                       # dense, Fortran order: fine as a flat run
+    opt.update(1.0, 1.0, [w], [torch.full((4, 2), 0.5).t()])
+    assert float(w[0, 0]) < 1.0
 
 
 def _gpu_or_skip():

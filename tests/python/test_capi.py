@@ -50,7 +50,7 @@ def test_addresses_and_buffers_both_work():
     assert np.all(a < 1) and np.all(b < 1)
     info = capi.koala_get_info(h, None)
     assert info["steps"] == 1 and set(info) == {"steps", "skipped_steps", "sigma", "p00", "p01",
-                                                "p11", "r", "qw"}
+                                                "p11", "r", "qw", "lr", "threads", "phase"}
     capi.koala_destroy(h)
 
 
@@ -73,6 +73,7 @@ def test_update_ptr_reads_host_scalars():
     ([np.ones(4, np.int64), np.ones(2)], TypeError, r"params\[0\] has format"),
     ([np.ones(8)[::2], np.ones(2)], ValueError, r"params\[0\] must be a C-contiguous"),
     ([np.ones(4), np.ones(2, np.float32)], TypeError, r"params\[1\] has itemsize 4"),
+    ([np.ones(4), np.ones(2, np.int16)], TypeError, r"params\[1\] has itemsize 2"),
     ([np.ones(4), "x"], TypeError, r"params\[1\] is a str"),
     ([np.ones(4), None], TypeError, r"params\[1\] is None"),
     ([np.ones(4), -1], OverflowError, ""),
@@ -139,3 +140,22 @@ def test_python_m_koala_reports_itself():
     assert ("GPU usable:  yes" in out) == gpu
     if not gpu:
         assert why in out
+
+
+def test_shadowing_koala_py_gets_a_hint(tmp_path):
+    """Inside the official repository its koala.py shadows the package: the
+    start-up hook (libkoala-shadow-hint.pth) turns "'koala' is not a package"
+    into a hint naming the file; the official module itself still imports."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "koala.py").write_text("class MomentumKOALA:\n    pass\n")
+    site_dir = os.path.dirname(os.path.dirname(os.path.abspath(koala.__file__)))
+    code = ("import site, sys; site.addsitedir(sys.argv[1])\n"
+            "from koala import MomentumKOALA\n"
+            "try:\n    from koala.torch import MomentumKOALA\n"
+            "except ModuleNotFoundError as e:\n    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code, site_dir], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, check=True).stdout
+    assert "koala.py" in out and "shadows" in out and str(tmp_path) in out, out

@@ -33,9 +33,14 @@ def recorder(monkeypatch):
         return call
 
     for name in ("koala_predict", "koala_update", "koala_update_ptr", "koala_set_lr",
-                 "koala_destroy"):
+                 "koala_destroy", "koala_update_begin", "koala_update_end",
+                 "koala_update_end_ptr", "koala_bind_state", "koala_state_init"):
         setattr(fake, name, record(name))
     fake.koala_create = record("koala_create", result="HANDLE")
+    fake.koala_create_sharded = record("koala_create_sharded", result="HANDLE")
+    fake.koala_sums_size = record("koala_sums_size", result=10)
+    fake.koala_state_layout = record("koala_state_layout",
+                                     result=(2, capi.KOALA_FLOAT32, 20))
     monkeypatch.setattr(optimizer, "capi", fake)
     return calls
 
@@ -84,3 +89,42 @@ def test_device_by_sizes(recorder):
     with pytest.raises(koala.InvalidArgument, match=r"params\[0\] is on cpu"):
         import numpy as np
         opt.update(1.0, 1.0, [np.ones(8), np.ones(3)], [None, None])
+
+
+def test_device_two_phase_uses_update_end_ptr(recorder):
+    params = [FakeDeviceArray(4, 0x1000)]
+    grads = [FakeDeviceArray(4, 0x3000)]
+    sums = FakeDeviceArray(10, 0x6000, "<f8")
+    opt = koala.Optimizer("plusplus", params)
+    opt.update_begin(params, grads, sums, stream=0xABC)
+    assert recorder[-1] == ("koala_update_begin", "HANDLE", [0x1000], [0x3000], 0x6000, 0xABC)
+    loss, loss_var = FakeDeviceArray(1, 0x4000, "<f8"), FakeDeviceArray(1, 0x5000, "<f8")
+    opt.update_end(loss, loss_var, params, grads, sums, stream=0xABC)
+    assert recorder[-1] == ("koala_update_end_ptr", "HANDLE", 0x4000, 0x5000, capi.KOALA_FLOAT64,
+                            [0x1000], [0x3000], 0x6000, 0xABC)
+    with pytest.raises(koala.InvalidArgument, match="sums must be"):
+        opt.update_begin(params, grads, FakeDeviceArray(9, 0x6000, "<f8"))
+
+
+def test_device_caller_state_binds_device_addresses(recorder):
+    params = [FakeDeviceArray(4, 0x1000)]
+    opt = koala.Optimizer("momentum", params, caller_state=True)
+    assert recorder[-1][0] == "koala_create" and recorder[-1][1].caller_state == 1
+    bufs = [FakeDeviceArray(4, 0x7000), FakeDeviceArray(4, 0x8000)]
+    scalars = FakeDeviceArray(20, 0x9000, "<f8")
+    opt.bind_state(bufs, scalars)
+    assert recorder[-1] == ("koala_bind_state", "HANDLE", [0x7000, 0x8000], 0x9000)
+    with pytest.raises(koala.InvalidArgument, match=r"buffers\[1\] is on cpu"):
+        import numpy as np
+        opt.bind_state([bufs[0], np.zeros(4, np.float32)], scalars)
+
+
+def test_device_sharded_create_passes_the_callable(recorder):
+    def allreduce(buf, count, stream):
+        pass
+    opt = koala.Optimizer("vanilla", [FakeDeviceArray(4, 0x1000)],
+                          shard=koala.Shard(n_global=3, global_elements=12, global_index=(2,),
+                                            allreduce=allreduce))
+    call = recorder[-1]
+    assert call[0] == "koala_create_sharded" and call[2:7] == ([4], 3, [2], 12, allreduce)
+    assert call[8] == capi.KOALA_DEVICE and opt.n_global == 3

@@ -24,15 +24,18 @@ def test_status_values_match_the_header():
     assert errors.ERROR_UNSUPPORTED == capi.KOALA_ERROR_UNSUPPORTED
     assert errors.ERROR_CUDA == capi.KOALA_ERROR_CUDA
     assert errors.ERROR_BAD_STATE == capi.KOALA_ERROR_BAD_STATE
+    assert errors.ERROR_COMMUNICATION == capi.KOALA_ERROR_COMMUNICATION
 
 
 def test_hierarchy():
     for cls in (koala.InvalidArgument, koala.OutOfMemory, koala.NotFinite, koala.Unsupported,
-                koala.CudaError, koala.BadState):
+                koala.CudaError, koala.BadState, koala.CommunicationError):
         assert issubclass(cls, koala.KoalaError)
     e = errors.from_status(capi.KOALA_ERROR_CUDA, "boom")
     assert isinstance(e, koala.CudaError) and e.status == capi.KOALA_ERROR_CUDA
     assert e.message == "boom"
+    e = errors.from_status(capi.KOALA_ERROR_COMMUNICATION, "lost")
+    assert isinstance(e, koala.KoalaCommunicationError) and e.status == 7
     e = errors.from_status(99, "odd")
     assert type(e) is koala.KoalaError and e.status == 99
     e = errors.from_status(capi.KOALA_ERROR_OUT_OF_MEMORY, "oom")
@@ -42,6 +45,9 @@ def test_hierarchy():
 # ---- construction --------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,exc,words", [
     (dict(method="adam", tensors=[4]), koala.InvalidArgument, "method"),
+    (dict(tensors=[4], config=dict(threads=-1)), koala.InvalidArgument, "threads"),
+    (dict(tensors=[4], config=dict(threads=1.5)), koala.InvalidArgument, "threads"),
+    (dict(tensors=[4], config=dict(seed=-3)), koala.InvalidArgument, "seed"),
     (dict(method=7, tensors=[4]), koala.InvalidArgument, "method"),
     (dict(tensors=[]), koala.InvalidArgument, "empty"),
     (dict(tensors=[3, 0]), koala.InvalidArgument, r"tensors_or_sizes\[1\]"),
@@ -50,8 +56,9 @@ def test_hierarchy():
     (dict(tensors=[np.ones(3, np.float32), np.ones(2)]), koala.InvalidArgument,
      r"tensors_or_sizes\[1\] has dtype float64"),
     (dict(tensors=[np.ones(3, np.int32)]), koala.Unsupported, "int32"),
-    (dict(tensors=[np.ones(3, np.float16)]), koala.Unsupported, "float16"),
-    (dict(tensors=[4], dtype="float16"), koala.Unsupported, "float16"),
+    (dict(tensors=[np.ones(3, np.int16)]), koala.Unsupported, "int16"),
+    (dict(tensors=[np.ones(3, np.uint16)]), koala.Unsupported, "explicit dtype"),
+    (dict(tensors=[4], dtype="int8"), koala.Unsupported, "int8"),
     (dict(tensors=[4], device="tpu"), koala.InvalidArgument, "device"),
     (dict(tensors=["abc"]), koala.Unsupported, r"tensors_or_sizes\[0\]"),
     (dict(tensors=[4], config=dict(lr=-1)), koala.InvalidArgument, "cfg->lr"),
@@ -110,6 +117,8 @@ def _assert_unchanged(opt, p, info_before):
     (lambda: [np.ones(5, np.float32), np.ones(4, np.float32)], r"params\[1\] has 4 elements"),
     (lambda: [np.ones(5, np.float32), np.ones(3)], r"params\[1\] has dtype float64"),
     (lambda: [np.ones(10, np.float32)[::2], np.ones(3, np.float32)], r"params\[0\] is not contig"),
+    (lambda: [np.ones((5, 2), np.float32)[:, ::-1][:, 0], np.ones(3, np.float32)],
+     r"params\[0\] is not contig"),
     (lambda: [np.ones(5, np.float32), _readonly(3)], r"params\[1\] is read-only"),
     (lambda: [np.ones(5, np.float32), None], r"params\[1\] is None"),
     (lambda: [np.ones(5, np.float32), _FakeCuda(3)], r"params\[1\] is on cuda:0"),

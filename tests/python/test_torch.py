@@ -1,7 +1,8 @@
-"""koala.torch.VanillaKOALA / MomentumKOALA against the test-only
-official-style PyTorch re-implementation (official_style.py), on a small
-network with real forward/backward, step by step in float64; plus the parts
-of the torch.optim.Optimizer contract the official training loop uses."""
+"""koala.torch.VanillaKOALA / MomentumKOALA / KOALAPlusPlus against the
+test-only official-style PyTorch re-implementations (official_style.py), on a
+small network with real forward/backward, step by step in float64; plus the
+parts of the torch.optim.Optimizer contract the official training loop uses.
+(test_torch_conventions.py has the rest of the torch conventions.)"""
 import copy
 import inspect
 import io
@@ -10,8 +11,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import koala  # noqa: E402
-from koala.torch import MomentumKOALA, VanillaKOALA  # noqa: E402
-from official_style import OfficialStyleMomentum, OfficialStyleVanilla  # noqa: E402
+from koala.torch import KOALAPlusPlus, MomentumKOALA, VanillaKOALA  # noqa: E402
+from official_style import (OfficialStyleMomentum, OfficialStylePlusPlus,  # noqa: E402
+                            OfficialStyleVanilla)
+
+CLASSES = [VanillaKOALA, MomentumKOALA, KOALAPlusPlus]
+REFERENCE = {VanillaKOALA: OfficialStyleVanilla, MomentumKOALA: OfficialStyleMomentum,
+             KOALAPlusPlus: OfficialStylePlusPlus}
 
 
 class Net(torch.nn.Module):
@@ -52,13 +58,16 @@ def train_step(model, opt, x, y, lr):
     loss_mean.backward()
     loss_var = torch.mean(torch.pow(loss, 2))
     opt.update(loss_mean, loss_var)
-    return float(loss_mean)
+    return float(loss_mean.detach())
 
 
 PAIRS = [(VanillaKOALA, OfficialStyleVanilla, dict(sigma=0.1, weight_decay=5e-4)),
          (VanillaKOALA, OfficialStyleVanilla, dict(r=0.3)),
          (MomentumKOALA, OfficialStyleMomentum, dict(weight_decay=5e-4)),
-         (MomentumKOALA, OfficialStyleMomentum, dict(r=0.3, a=0.8))]
+         (MomentumKOALA, OfficialStyleMomentum, dict(r=0.3, a=0.8)),
+         (KOALAPlusPlus, OfficialStylePlusPlus, dict()),
+         (KOALAPlusPlus, OfficialStylePlusPlus, dict(sigma=0.1, q=0.1, weight_decay=5e-4)),
+         (KOALAPlusPlus, OfficialStylePlusPlus, dict(r=0.3, is_symmetric=False))]
 
 
 @pytest.mark.parametrize("ours_cls,ref_cls,config", PAIRS)
@@ -86,16 +95,21 @@ def test_matches_official_style(ours_cls, ref_cls, config):
 
 def test_constructor_signatures_match_official():
     def defaults(cls):
+        # The official positional-or-keyword arguments; libkoala's extensions
+        # (threads, stochastic_rounding, seed) are keyword-only.
         sig = inspect.signature(cls.__init__)
         return {k: p.default for k, p in sig.parameters.items()
-                if p.default is not inspect.Parameter.empty}
+                if p.default is not inspect.Parameter.empty
+                and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD}
     assert defaults(VanillaKOALA) == dict(sigma=1, q=1, r=None, alpha_r=0.9, weight_decay=0.0,
                                           lr=1)
     assert defaults(MomentumKOALA) == dict(sw=1e-1, sc=0, sv=1e-1, a=0.9, qw=1e-2, qv=1e-2,
                                            r=None, alpha_r=0.9, weight_decay=0.0, lr=1)
+    assert defaults(KOALAPlusPlus) == dict(sigma=1, q=1, r=None, alpha_r=0.9, weight_decay=0,
+                                           lr=1, is_symmetric=True)
 
 
-@pytest.mark.parametrize("cls", [VanillaKOALA, MomentumKOALA])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_float32_network_trains(cls):
     net = make_net(torch.float32)
     opt = cls(net.parameters(), weight_decay=5e-4)
@@ -106,7 +120,7 @@ def test_float32_network_trains(cls):
     assert opt.koala_info()[0].steps == 60
 
 
-@pytest.mark.parametrize("cls", [VanillaKOALA, MomentumKOALA])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_float_losses_accepted(cls):
     """update() takes Python floats as well as tensors: same result."""
     a_net = make_net()
@@ -125,7 +139,7 @@ def test_float_losses_accepted(cls):
         assert torch.equal(p, q)
 
 
-@pytest.mark.parametrize("cls", [VanillaKOALA, MomentumKOALA])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_state_dict_round_trip_continues_bit_for_bit(cls):
     net = make_net()
     opt = cls(net.parameters(), weight_decay=5e-4)
@@ -156,11 +170,39 @@ def test_load_state_dict_rejects_foreign_state():
     net = make_net()
     opt = VanillaKOALA(net.parameters())
     sgd_state = torch.optim.SGD(net.parameters(), lr=0.1).state_dict()
-    with pytest.raises(koala.InvalidArgument, match="no libkoala state"):
+    with pytest.raises(koala.InvalidArgument, match="no 'filter'"):
         opt.load_state_dict(sgd_state)
     m_state = MomentumKOALA(net.parameters()).state_dict()
-    with pytest.raises(koala.BadState):
+    with pytest.raises(koala.InvalidArgument, match=r"state\[0\]"):
         opt.load_state_dict(m_state)
+    with pytest.raises(koala.InvalidArgument, match="param_groups"):
+        opt.load_state_dict(VanillaKOALA(net.body.parameters()).state_dict())
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_state_dict_is_keyed_like_torch(cls):
+    """state[i] holds parameter i's buffers, shaped like it; the first holds the
+    float64 filter scalars; they are the tensors libkoala works on."""
+    net = make_net(torch.float32)
+    opt = cls(net.parameters())
+    train_step(net, opt, *next(data(torch.float32)), 1.0)
+    sd = opt.state_dict()
+    params = list(net.parameters())
+    keys = {VanillaKOALA: set(), MomentumKOALA: {"velocity", "xbar"},
+            KOALAPlusPlus: {"v", "H_prev"}}[cls]
+    assert set(sd["state"][0]) == keys | {"filter"}
+    assert sd["state"][0]["filter"].dtype == torch.float64
+    for i, p in enumerate(params):
+        st = sd["state"].get(i, {})
+        assert set(st) - {"filter"} == keys
+        for k in keys:
+            assert st[k].shape == p.shape and st[k].dtype == torch.float32
+    if keys:
+        biggest = max(range(len(params)), key=lambda i: params[i].numel())
+        buf = sd["state"][biggest][sorted(keys)[0]]
+        before = buf.clone()
+        train_step(net, opt, *next(data(torch.float32, seed=5)), 1.0)
+        assert not torch.equal(buf, before)       # zero copies: the live buffer moved
 
 
 def test_step_explains_the_two_calls():
@@ -169,15 +211,59 @@ def test_step_explains_the_two_calls():
         opt.step()
 
 
-def test_groups_with_different_lr_are_refused():
-    net = make_net()
-    opt = VanillaKOALA([{"params": net.body[0].parameters()},
-                        {"params": net.body[2].parameters()}])
-    assert [g["lr"] for g in opt.param_groups] == [1, 1]
-    opt.param_groups[1]["lr"] = 0.5
-    x, y = next(data())
-    with pytest.raises(koala.Unsupported, match="different lr"):
-        train_step_keep_lr(net, opt, x, y)
+def _grouped(cls, net, **config):
+    return cls([{"params": net.body[0].parameters(), "lr": 0.5},
+                {"params": net.body[2].parameters(), "weight_decay": 1e-3},
+                {"params": [net.unused]}], **config)
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_param_groups_lr_and_weight_decay_match_official(cls):
+    """Groups with their own lr (given at construction, then driven by LambdaLR
+    with one lambda per group) and weight_decay follow the official-style
+    optimizer, whose group["lr"] scales the group's layers."""
+    ours_net = make_net()
+    ref_net = copy.deepcopy(ours_net)
+    ours = _grouped(cls, ours_net, weight_decay=5e-4)
+    ref = _grouped(REFERENCE[cls], ref_net, weight_decay=5e-4)
+    assert [g["lr"] for g in ours.param_groups] == [0.5, 1, 1]
+    assert [g["weight_decay"] for g in ours.param_groups] == [5e-4, 1e-3, 5e-4]
+    lambdas = [lambda e: 0.9 ** e, lambda e: 1.0 / (1 + e), lambda e: 1.0]
+    s_ours = torch.optim.lr_scheduler.LambdaLR(ours, lambdas)
+    s_ref = torch.optim.lr_scheduler.LambdaLR(ref, lambdas)
+    crit = torch.nn.CrossEntropyLoss(reduction="none")
+    batches = data()
+    for step in range(12):
+        x, y = next(batches)
+        for net, opt in ((ours_net, ours), (ref_net, ref)):
+            opt.predict()
+            loss = crit(net(x), y)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.update(loss.mean(), (loss ** 2).mean())
+        s_ours.step()
+        s_ref.step()
+        for a, b in zip(ours_net.parameters(), ref_net.parameters()):
+            assert float((a - b).abs().max()) <= 1e-9 * max(1.0, float(b.abs().max())), step
+    assert [g["lr"] for g in ours.param_groups] == pytest.approx([0.5 * 0.9 ** 12, 1 / 13, 1])
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_add_param_group_matches_official(cls):
+    ours_net = make_net()
+    ref_net = copy.deepcopy(ours_net)
+    ours, ref = cls(ours_net.body[0].parameters()), REFERENCE[cls](ref_net.body[0].parameters())
+    batches = data()
+    for step in range(8):
+        if step == 3:
+            for net, opt in ((ours_net, ours), (ref_net, ref)):
+                opt.add_param_group({"params": net.body[2].parameters(), "lr": 0.7})
+        x, y = next(batches)
+        train_step_keep_lr(ours_net, ours, x, y)
+        train_step_keep_lr(ref_net, ref, x, y)
+        for a, b in zip(ours_net.parameters(), ref_net.parameters()):
+            assert float((a - b).abs().max()) <= 1e-9 * max(1.0, float(b.abs().max())), step
+    assert not torch.equal(ours_net.body[2].bias, make_net().body[2].bias)
 
 
 def train_step_keep_lr(model, opt, x, y):
@@ -188,16 +274,11 @@ def train_step_keep_lr(model, opt, x, y):
     opt.update(loss.mean(), (loss ** 2).mean())
 
 
-def test_add_param_group_after_construction_is_refused():
+def test_filter_keywords_are_not_group_options():
     net = make_net()
-    opt = MomentumKOALA(net.body.parameters())
-    with pytest.raises(koala.Unsupported, match="layout"):
-        opt.add_param_group({"params": [net.unused]})
-
-
-def test_half_precision_parameters_are_refused():
-    with pytest.raises(koala.Unsupported, match="float16"):
-        VanillaKOALA(make_net(torch.float16).parameters())
+    with pytest.raises(koala.InvalidArgument, match=r"param_groups\[1\] sets 'sigma'"):
+        VanillaKOALA([{"params": net.body[0].parameters()},
+                      {"params": net.body[2].parameters(), "sigma": 0.1}])
 
 
 def test_mixed_dtypes_get_one_engine_each():
@@ -207,9 +288,10 @@ def test_mixed_dtypes_get_one_engine_each():
     assert len(opt.koala_info()) == 2
 
 
-def test_nan_loss_raises_not_finite_and_changes_nothing():
+@pytest.mark.parametrize("cls", CLASSES)
+def test_nan_loss_raises_not_finite_and_changes_nothing(cls):
     net = make_net()
-    opt = MomentumKOALA(net.parameters())
+    opt = cls(net.parameters())
     x, y = next(data())
     opt.predict()
     loss = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
@@ -224,7 +306,7 @@ def test_nan_loss_raises_not_finite_and_changes_nothing():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-@pytest.mark.parametrize("cls", [VanillaKOALA, MomentumKOALA])
+@pytest.mark.parametrize("cls", CLASSES)
 def test_cuda_matches_cpu(cls):
     ok, why = koala.device_available()
     if not ok:
@@ -242,6 +324,7 @@ def test_cuda_matches_cpu(cls):
         torch.testing.assert_close(p, q.cpu(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("error")
 def test_torch_lr_scheduler_drives_the_multiplier():
     """A torch scheduler writes group["lr"]; update() reads it as the multiplier."""
     a_net = make_net()

@@ -2,7 +2,7 @@
 
 """
     Optimizer(config, sizes; dtype = Float32, memory = :host)
-    Optimizer(config, params::Vector{<:Vector{T}})   # host, T = Float32/Float64
+    Optimizer(config, params::Vector{<:Vector{T}})   # host, T = Float16/Float32/Float64
 
 A KOALA optimizer over a fixed list of tensors with `sizes[i]` elements.
 Each iteration is [`predict!`](@ref) (before the forward pass) then
@@ -30,7 +30,7 @@ mutable struct Optimizer
     end
 end
 
-Optimizer(config::Config, params::AbstractVector{<:DenseVector{T}}) where {T<:Union{Float32,Float64}} =
+Optimizer(config::Config, params::AbstractVector{<:DenseVector{T}}) where {T<:HostFloat} =
     Optimizer(config, length.(params); dtype = T, memory = :host)
 
 """Releases the optimizer now (the finalizer does it otherwise)."""
@@ -72,13 +72,13 @@ array_pointer(a::Nothing) = C_NULL
 array_pointer(a::DenseArray) = Ptr{Cvoid}(pointer(a))
 
 """
-    predict!(opt, params)                      # host: Vector of Vector{Float32/Float64}
+    predict!(opt, params)                      # host: Vector of Vector{Float16/Float32/Float64}
     predict!(opt, ptrs::Vector{Ptr{Cvoid}}; stream = C_NULL)   # device (or any) pointers
 
 The time update, before the forward pass. KOALA-M moves the parameters to
 the prediction x + v here; KOALA-V does not touch them.
 """
-function predict!(opt::Optimizer, params::AbstractVector{<:DenseArray{T}}) where {T<:Union{Float32,Float64}}
+function predict!(opt::Optimizer, params::AbstractVector{<:DenseArray{T}}) where {T<:HostFloat}
     check_host(opt, "predict!", "params", params, T)
     ptrs = Ptr{Cvoid}[array_pointer(p) for p in params]
     GC.@preserve params ptrs predict!(opt, ptrs)
@@ -104,7 +104,7 @@ minibatch loss, `loss_var` the mean of the squared per-sample losses,
 a device optimizer) as scalars of `loss_dtype` (`Float32`/`Float64`).
 """
 function update!(opt::Optimizer, loss::Real, loss_var::Real,
-                 params::AbstractVector{<:DenseArray{T}}, grads::AbstractVector) where {T<:Union{Float32,Float64}}
+                 params::AbstractVector{<:DenseArray{T}}, grads::AbstractVector) where {T<:HostFloat}
     check_host(opt, "update!", "params", params, T)
     for g in grads
         g === nothing || g isa DenseArray{T} ||
@@ -142,10 +142,11 @@ end
     info(opt; stream = C_NULL) -> Koala.Info
 
 The filter's scalars and counters (`steps`, `skipped_steps`, `sigma`,
-`p00`, `p01`, `p11`, `r`, `qw`). Device optimizers wait for `stream`.
+`p00`, `p01`, `p11`, `r`, `qw`; since 1.1 `lr`, `threads`, `phase`).
+Device optimizers wait for `stream`.
 """
 function info(opt::Optimizer; stream::Ptr = C_NULL)
-    ref = Ref(Info(sizeof(Info), 0, 0, 0, 0, 0, 0, 0, 0))
+    ref = Ref(Info(sizeof(Info)))
     check(ccall(sym(:koala_get_info), Cint, (Ptr{Cvoid}, Ptr{Cvoid}, Ref{Info}),
                 live_handle(opt, "info"), stream, ref))
     return ref[]
@@ -175,3 +176,57 @@ nothing.
 state_load!(opt::Optimizer, bytes::Vector{UInt8}) =
     check(ccall(sym(:koala_state_load), Cint, (Ptr{Cvoid}, Ptr{UInt8}, Csize_t, Ptr{Cvoid}),
                 live_handle(opt, "state_load!"), bytes, length(bytes), C_NULL))
+
+# ---- since 1.1 --------------------------------------------------------------
+
+function per_tensor_values(opt::Optimizer, what, name, values)
+    values === nothing && return nothing
+    length(values) == length(opt.sizes) ||
+        invalid("$what: $name has $(length(values)) values; the optimizer has $(length(opt.sizes)) tensors")
+    return convert(Vector{Cdouble}, values)
+end
+
+"""
+    set_tensor_lr!(opt, scale)      # one value per tensor, or `nothing`
+
+Per-tensor lr multipliers: tensor `i` steps with target multiplier
+`lr * scale[i]` (finite, >= 0). `nothing` restores 1 for every tensor.
+"""
+function set_tensor_lr!(opt::Optimizer, scale)
+    v = per_tensor_values(opt, "set_tensor_lr!", "scale", scale)
+    check(ccall(sym(:koala_set_tensor_lr), Cint, (Ptr{Cvoid}, Ptr{Cdouble}, Ptr{Cvoid}),
+                live_handle(opt, "set_tensor_lr!"), v === nothing ? C_NULL : v, C_NULL))
+end
+
+"""
+    set_tensor_weight_decay!(opt, weight_decay)   # one value per tensor, or `nothing`
+
+Per-tensor weight decay (finite, >= 0) wherever the config's `weight_decay`
+would enter; `nothing` restores the config's value for every tensor.
+"""
+function set_tensor_weight_decay!(opt::Optimizer, weight_decay)
+    v = per_tensor_values(opt, "set_tensor_weight_decay!", "weight_decay", weight_decay)
+    check(ccall(sym(:koala_set_tensor_weight_decay), Cint, (Ptr{Cvoid}, Ptr{Cdouble}, Ptr{Cvoid}),
+                live_handle(opt, "set_tensor_weight_decay!"), v === nothing ? C_NULL : v, C_NULL))
+end
+
+"""
+    posterior!(out, opt, params)
+
+Writes the posterior weights of the last update into `out` (arrays shaped
+like `params`, distinct from them). With `fused_predict = 1` (KOALA-M) the
+parameters already hold the next prediction and this takes it off again
+(to rounding); otherwise it copies `params`. Not between `predict!` and
+`update!` of KOALA-M (`KOALA_ERROR_BAD_STATE`).
+"""
+function posterior!(out::AbstractVector{<:DenseArray{T}}, opt::Optimizer,
+                    params::AbstractVector{<:DenseArray{T}}) where {T<:HostFloat}
+    check_host(opt, "posterior!", "params", params, T)
+    check_host(opt, "posterior!", "out", out, T)
+    pptrs = Ptr{Cvoid}[array_pointer(p) for p in params]
+    optrs = Ptr{Cvoid}[array_pointer(o) for o in out]
+    GC.@preserve params out pptrs optrs check(ccall(sym(:koala_posterior), Cint,
+        (Ptr{Cvoid}, Ptr{Ptr{Cvoid}}, Ptr{Ptr{Cvoid}}, Ptr{Cvoid}),
+        live_handle(opt, "posterior!"), pptrs, optrs, C_NULL))
+    return out
+end

@@ -22,7 +22,7 @@ end
 KoalaRule(method::Symbol = :vanilla; kwargs...) = KoalaRule(Config(method; kwargs...))
 
 """`init(rule, params)`: the optimizer state (an [`Optimizer`](@ref)) for `params`."""
-init(rule::KoalaRule, params::AbstractVector{<:DenseArray{T}}) where {T<:Union{Float32,Float64}} =
+init(rule::KoalaRule, params::AbstractVector{<:DenseArray{T}}) where {T<:HostFloat} =
     Optimizer(rule.config, length.(params); dtype = T, memory = :host)
 
 """`prepare!(rule, state, params)`: before the forward pass (KOALA's predict)."""

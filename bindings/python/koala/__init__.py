@@ -1,10 +1,12 @@
-"""libkoala for Python: the KOALA Kalman-filter optimizer (AAAI 2022).
+"""libkoala for Python: the KOALA Kalman-filter optimizers KOALA-V, KOALA-M
+(AAAI 2022) and KOALA++ (NeurIPS 2025).
 
     import koala
     opt = koala.Optimizer("momentum", [w, b], weight_decay=5e-4)   # NumPy, torch, CuPy...
     opt.predict([w, b]); ...; opt.update(loss, loss_var, [w, b], [gw, gb])
 
     from koala.torch import MomentumKOALA          # drop-in for the official classes
+    from koala.torch import KOALAPlusPlus          # ... and for koalap.py's KOALA++
 
 koala.capi is the SWIG module: koala.h one to one. Importing this package
 needs neither NumPy nor PyTorch nor JAX.
@@ -13,12 +15,13 @@ from . import _loader
 
 _loader.preload()
 from . import capi  # noqa: E402  (after the preload)
-from .errors import (BadState, CudaError, InvalidArgument, KoalaError,  # noqa: E402
-                     NotFinite, OutOfMemory, Unsupported)
-from .optimizer import CONFIG_FIELDS, Info, Optimizer  # noqa: E402
+from .errors import (BadState, CommunicationError, CudaError, InvalidArgument,  # noqa: E402
+                     KoalaCommunicationError, KoalaError, NotFinite, OutOfMemory, Unsupported)
+from .optimizer import CONFIG_FIELDS, Info, Optimizer, Shard  # noqa: E402
 
 __all__ = ["Optimizer", "Info", "CONFIG_FIELDS", "KoalaError", "InvalidArgument", "OutOfMemory",
-           "NotFinite", "Unsupported", "CudaError", "BadState", "version", "__version__",
+           "NotFinite", "Unsupported", "CudaError", "BadState", "CommunicationError",
+           "KoalaCommunicationError", "Shard", "version", "__version__",
            "device_available", "capi"]
 
 

@@ -1,6 +1,15 @@
 """What the binding needs to know about one array: where its data lives,
 its dtype, element count, device and layout.
 
+Layout: the library sees a tensor as a flat run of elements. Any dense
+tensor (its elements fill one block of memory without gaps or overlaps, in
+any stride order: C order, Fortran order, torch's channels_last) is such a
+run; the element math and the norms do not depend on the order. What must
+hold is that a parameter, its gradient and its state buffers use the SAME
+order, so that element k of each is the same element: `order` records it
+(None for C order) and Optimizer compares it. Views with gaps, overlaps or
+negative strides are not dense and are refused.
+
 Supported, in the order they are tried:
   * PyTorch tensors (CPU or CUDA): the data pointer, no copy;
   * NumPy arrays: passed as buffers (the SWIG typemap holds them during the call);
@@ -18,7 +27,12 @@ from .errors import InvalidArgument, Unsupported
 
 FLOAT32 = "float32"
 FLOAT64 = "float64"
-_ITEMSIZE = {FLOAT32: 4, FLOAT64: 8}
+BFLOAT16 = "bfloat16"
+FLOAT16 = "float16"
+_ITEMSIZE = {FLOAT32: 4, FLOAT64: 8, BFLOAT16: 2, FLOAT16: 2}
+# Dtypes of 16-bit raw storage: accepted for a bfloat16/float16 optimizer when
+# the caller says the dtype explicitly (NumPy has no bfloat16 of its own).
+RAW16 = ("uint16", "int16", "buffer format 'H'", "buffer format 'h'")
 
 
 @dataclass
@@ -27,9 +41,10 @@ class ArrayView:
     dtype: str          # "float32", "float64" or something unsupported (for messages)
     size: int           # number of elements
     device: str         # "cpu" or "cuda:N"
-    contiguous: bool
+    contiguous: bool    # dense (see the module doc), so usable as a flat array
     writable: bool
     keepalive: object = None   # e.g. a DLPack capsule that owns the memory
+    order: object = None       # None: C order; else the dims' (size, stride) pairs
 
 
 def dtype_name(dtype):
@@ -43,13 +58,15 @@ def dtype_name(dtype):
             text = text[len(prefix):]
     text = text.rstrip("')>")
     aliases = {"f4": FLOAT32, "<f4": FLOAT32, "float": FLOAT32, "single": FLOAT32,
-               "f8": FLOAT64, "<f8": FLOAT64, "double": FLOAT64}
+               "f8": FLOAT64, "<f8": FLOAT64, "double": FLOAT64,
+               "f2": FLOAT16, "<f2": FLOAT16, "half": FLOAT16, "bf16": BFLOAT16}
     return aliases.get(text, text)
 
 
 def _typestr_dtype(typestr):
     return {"<f4": FLOAT32, "=f4": FLOAT32, "|f4": FLOAT32,
-            "<f8": FLOAT64, "=f8": FLOAT64, "|f8": FLOAT64}.get(typestr, typestr)
+            "<f8": FLOAT64, "=f8": FLOAT64, "|f8": FLOAT64,
+            "<f2": FLOAT16, "=f2": FLOAT16, "<u2": "uint16"}.get(typestr, typestr)
 
 
 def _c_contiguous(shape, strides, itemsize):
@@ -61,6 +78,24 @@ def _c_contiguous(shape, strides, itemsize):
             return False
         expected *= dim
     return True
+
+
+def dense_order(shape, strides, unit=1):
+    """(dense, order) of an array with these shape and strides (in units of
+    `unit`): dense when its elements fill one block without gaps or overlaps
+    in some stride order (all strides positive); order None for C order,
+    else the (size, stride) pairs of its dims of size > 1."""
+    if strides is None or _c_contiguous(shape, strides, unit):
+        return True, None
+    dims = [(int(n), int(s)) for n, s in zip(shape, strides) if int(n) != 1]
+    if any(n == 0 for n, _ in dims):
+        return True, None
+    expected = unit
+    for n, s in sorted(dims, key=lambda d: d[1]):
+        if s != expected:
+            return False, None
+        expected *= n
+    return True, tuple(dims)
 
 
 def _prod(shape):
@@ -79,21 +114,43 @@ def _is_numpy(x):
 
 
 def _from_torch(x):
-    if x.is_sparse:
+    if x.is_sparse or x.layout != _torch_strided(x):
         return ArrayView(handle=0, dtype=dtype_name(x.dtype), size=x.numel(), device="cpu",
                          contiguous=False, writable=False)
     dev = x.device
     device = "cpu" if dev.type == "cpu" else f"{dev.type}:{dev.index if dev.index is not None else 0}"
+    if x.is_contiguous():
+        dense, order = True, None
+    else:
+        dense, order = dense_order(x.shape, x.stride())
     return ArrayView(handle=x.data_ptr(), dtype=dtype_name(x.dtype), size=x.numel(),
-                     device=device, contiguous=x.is_contiguous(),
-                     writable=True)
+                     device=device, contiguous=dense, writable=True, order=order)
+
+
+def _torch_strided(x):
+    import torch
+    return torch.strided
 
 
 def _from_numpy(x):
     native = x.dtype.byteorder in ("=", "|") or x.dtype.isnative
     dtype = dtype_name(x.dtype) if native else f"{x.dtype} (non-native byte order)"
-    return ArrayView(handle=x, dtype=dtype, size=int(x.size), device="cpu",
-                     contiguous=bool(x.flags.c_contiguous), writable=bool(x.flags.writeable))
+    c_order = bool(x.flags.c_contiguous)
+    if c_order:
+        dense, order = True, None
+    elif all(st > 0 and st % x.itemsize == 0 for st in x.strides):
+        dense, order = dense_order(x.shape, [st // x.itemsize for st in x.strides])
+    else:
+        dense, order = False, None
+    # C-order arrays of the buffer protocol's float types go in as buffers
+    # (held by the typemap during the call); the rest (bfloat16 of ml_dtypes,
+    # which has no buffer format; dense arrays in another order) as addresses,
+    # kept alive by `keepalive` for the call.
+    as_buffer = c_order and dtype in (FLOAT32, FLOAT64, FLOAT16)
+    handle = x if as_buffer or not dense else int(x.ctypes.data)
+    return ArrayView(handle=handle, dtype=dtype, size=int(x.size), device="cpu",
+                     contiguous=dense, writable=bool(x.flags.writeable),
+                     keepalive=None if as_buffer else x, order=order)
 
 
 def _from_interface(x, iface, device):
@@ -124,6 +181,7 @@ class _DLTensor(ctypes.Structure):
 
 _DL_CPU, _DL_CUDA, _DL_CUDA_HOST, _DL_CUDA_MANAGED = 1, 2, 3, 13
 _DL_FLOAT = 2
+_DL_BFLOAT = 4
 
 
 def _from_dlpack(x):
@@ -138,8 +196,10 @@ def _from_dlpack(x):
     shape = [t.shape[i] for i in range(t.ndim)]
     strides = None if not t.strides else [t.strides[i] for i in range(t.ndim)]
     bits = t.dtype.bits
-    dtype = {32: FLOAT32, 64: FLOAT64}.get(bits) if t.dtype.code == _DL_FLOAT and t.dtype.lanes == 1 \
-        else None
+    dtype = {16: FLOAT16, 32: FLOAT32, 64: FLOAT64}.get(bits) \
+        if t.dtype.code == _DL_FLOAT and t.dtype.lanes == 1 else None
+    if t.dtype.code == _DL_BFLOAT and bits == 16 and t.dtype.lanes == 1:
+        dtype = BFLOAT16
     dtype = dtype or f"dlpack(code={t.dtype.code}, bits={bits}, lanes={t.dtype.lanes})"
     itemsize = max(bits // 8, 1)
     if dev_type in (_DL_CPU, _DL_CUDA_HOST):
@@ -148,17 +208,17 @@ def _from_dlpack(x):
         device = f"cuda:{dev_id}"
     else:
         device = f"dlpack-device-{dev_type}:{dev_id}"
+    dense, order = dense_order(shape, strides)
     return ArrayView(handle=(t.data or 0) + t.byte_offset, dtype=dtype, size=_prod(shape),
-                     device=device, contiguous=_c_contiguous(shape, [s * itemsize for s in strides]
-                                                             if strides else None, itemsize),
-                     writable=True, keepalive=capsule)
+                     device=device, contiguous=dense, writable=True, keepalive=capsule,
+                     order=order)
 
 
 def _from_buffer(x):
     m = memoryview(x)
     fmt = m.format.lstrip("<=@")
-    dtype = {("f", 4): FLOAT32, ("d", 8): FLOAT64}.get((fmt, m.itemsize),
-                                                      f"buffer format {m.format!r}")
+    dtype = {("f", 4): FLOAT32, ("d", 8): FLOAT64, ("e", 2): FLOAT16}.get(
+        (fmt, m.itemsize), f"buffer format {m.format!r}")
     return ArrayView(handle=x, dtype=dtype, size=m.nbytes // max(m.itemsize, 1), device="cpu",
                      contiguous=m.c_contiguous, writable=not m.readonly)
 
@@ -185,12 +245,18 @@ def view(x, name):
         pass
     raise Unsupported(f"{name} is a {type(x).__module__}.{type(x).__qualname__}; expected a "
                       "NumPy array, a PyTorch tensor, an array with __cuda_array_interface__, "
-                      "__array_interface__ or DLPack, or a float32/float64 buffer")
+                      "__array_interface__ or DLPack, or a float32/float64/float16 buffer")
+
+
+def dtype_matches(have, want):
+    """An array of dtype `have` can be passed as `want`: the same dtype, or
+    16-bit raw storage (uint16 bits) for bfloat16/float16."""
+    return have == want or (want in (BFLOAT16, FLOAT16) and have in RAW16)
 
 
 def check(v, name, dtype, size, device, writable):
     """Raises InvalidArgument (naming `name`) unless `v` matches the optimizer."""
-    if v.dtype != dtype:
+    if not dtype_matches(v.dtype, dtype):
         raise InvalidArgument(f"{name} has dtype {v.dtype}; this optimizer works on {dtype}")
     if v.device != device:
         raise InvalidArgument(f"{name} is on {v.device}; this optimizer works on {device} memory")
@@ -198,7 +264,10 @@ def check(v, name, dtype, size, device, writable):
         raise InvalidArgument(f"{name} has {v.size} elements; the optimizer was created with "
                               f"{size} for this tensor")
     if not v.contiguous:
-        raise InvalidArgument(f"{name} is not contiguous; pass a C-contiguous array "
-                              "(e.g. .contiguous() / numpy.ascontiguousarray)")
+        raise InvalidArgument(f"{name} is not contiguous: a view with gaps, overlaps or negative "
+                              "strides (a slice, a transpose of a slice, an expand). Dense arrays "
+                              "in any stride order (channels_last, Fortran order) are fine; pass "
+                              "a dense copy (.contiguous() / numpy.ascontiguousarray) and copy "
+                              "the result back")
     if writable and not v.writable:
         raise InvalidArgument(f"{name} is read-only; parameters are updated in place")

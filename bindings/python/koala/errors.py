@@ -20,6 +20,7 @@ ERROR_NOT_FINITE = 3
 ERROR_UNSUPPORTED = 4
 ERROR_CUDA = 5
 ERROR_BAD_STATE = 6
+ERROR_COMMUNICATION = 7
 
 
 class KoalaError(RuntimeError):
@@ -75,8 +76,20 @@ class BadState(KoalaError):
     status = ERROR_BAD_STATE
 
 
+class CommunicationError(KoalaError):
+    """KOALA_ERROR_COMMUNICATION: the all-reduce callback of a sharded optimizer
+    failed (returned non-zero or raised: that exception is the __cause__);
+    nothing was changed."""
+
+    status = ERROR_COMMUNICATION
+
+
+# The name the issue tracker and other bindings use.
+KoalaCommunicationError = CommunicationError
+
 _BY_STATUS = {cls.status: cls for cls in
-              (InvalidArgument, OutOfMemory, NotFinite, Unsupported, CudaError, BadState)}
+              (InvalidArgument, OutOfMemory, NotFinite, Unsupported, CudaError, BadState,
+               CommunicationError)}
 
 
 def from_status(status, message):

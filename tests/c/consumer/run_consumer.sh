@@ -20,8 +20,18 @@ for tool in meson pkg-config "$cc"; do
 done
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/koala-consumer.XXXXXX")
-trap 'rm -rf "$scratch"' EXIT
 root="$scratch/root"
+# The DESTDIR install rewrites the build's install log (what `ninja
+# uninstall` reads): keep the caller's.
+log=$build_dir/meson-logs/install-log.txt
+saved=
+if [ -f "$log" ]; then saved="$scratch/install-log.txt"; cp -p "$log" "$saved"; fi
+cleanup() {
+  if [ -n "$saved" ]; then cp -p "$saved" "$log"; else rm -f "$log"; fi
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+trap 'exit 143' TERM INT   # (meson's timeout) still restores the log
 
 # Only what a user's package holds (library, plugin, header, koala.pc):
 # the runtime and devel install tags. --no-rebuild: meson test already

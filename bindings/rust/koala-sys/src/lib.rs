@@ -5,12 +5,23 @@
 //! Everything here is `unsafe` and mirrors the C names exactly; the `koala`
 //! crate is the safe interface.
 //!
-//! Linking: the build script links `libkoala.so` from `$KOALA_LIB_DIR`
-//! (default: `/usr/local/lib`, or `/usr/local/lib/<multiarch>` where Meson
-//! installs it on Debian) and passes that directory on to dependent crates as
-//! `DEP_KOALA_LIB_DIR` (the `links = "koala"` metadata), so they can add an
-//! rpath.
+//! Linking (see `build.rs`): libkoala's directory comes from
+//! `$KOALA_LIB_DIR` when set, else from `pkg-config koala`, else from the
+//! default install directories of `meson install`. The library is linked
+//! through symlinks in this crate's `OUT_DIR`, which makes `cargo run` /
+//! `cargo test` of every crate depending on this one find `libkoala.so.1`
+//! (cargo puts link-search directories inside the target directory on the
+//! run-time library path). The real directory is passed to the build
+//! scripts of direct dependents as `DEP_KOALA_LIB_DIR` (the `links =
+//! "koala"` metadata) for an rpath.
 #![allow(non_camel_case_types, non_upper_case_globals, non_snake_case)]
 #![allow(clippy::all)]
 
 include!("bindings.rs");
+
+/// koala.h's `KOALA_CONFIG_SIZE_1_0`: the size of a 1.0 `koala_config`, the
+/// smallest `struct_size` the library accepts (bindgen skips the macro).
+pub const KOALA_CONFIG_SIZE_1_0: usize = std::mem::size_of::<usize>() + 8 + 12 * std::mem::size_of::<f64>();
+
+/// koala.h's `KOALA_INFO_SIZE_1_0`: the size of a 1.0 `koala_info`.
+pub const KOALA_INFO_SIZE_1_0: usize = std::mem::size_of::<usize>() + 8 + 8 + 6 * std::mem::size_of::<f64>();

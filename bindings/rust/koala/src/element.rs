@@ -6,6 +6,10 @@ use koala_sys as sys;
 pub enum DType {
     Float32,
     Float64,
+    /// bfloat16 (since 1.1; raw pointers only: Rust has no stable bf16 type)
+    BFloat16,
+    /// IEEE binary16 (since 1.1; raw pointers only)
+    Float16,
 }
 
 impl DType {
@@ -13,6 +17,8 @@ impl DType {
         match self {
             DType::Float32 => sys::koala_dtype_KOALA_FLOAT32,
             DType::Float64 => sys::koala_dtype_KOALA_FLOAT64,
+            DType::BFloat16 => sys::koala_dtype_KOALA_BFLOAT16,
+            DType::Float16 => sys::koala_dtype_KOALA_FLOAT16,
         }
     }
 }

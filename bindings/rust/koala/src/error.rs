@@ -13,6 +13,8 @@ pub enum Status {
     Unsupported,
     Cuda,
     BadState,
+    /// The all-reduce callback of a sharded optimizer failed (since 1.1).
+    Communication,
     /// A status this crate does not know (a newer library).
     Other(u32),
 }
@@ -26,6 +28,7 @@ impl Status {
             sys::koala_status_KOALA_ERROR_UNSUPPORTED => Status::Unsupported,
             sys::koala_status_KOALA_ERROR_CUDA => Status::Cuda,
             sys::koala_status_KOALA_ERROR_BAD_STATE => Status::BadState,
+            sys::koala_status_KOALA_ERROR_COMMUNICATION => Status::Communication,
             other => Status::Other(other),
         }
     }
@@ -39,6 +42,7 @@ impl Status {
             Status::Unsupported => sys::koala_status_KOALA_ERROR_UNSUPPORTED,
             Status::Cuda => sys::koala_status_KOALA_ERROR_CUDA,
             Status::BadState => sys::koala_status_KOALA_ERROR_BAD_STATE,
+            Status::Communication => sys::koala_status_KOALA_ERROR_COMMUNICATION,
             Status::Other(s) => s,
         }
     }

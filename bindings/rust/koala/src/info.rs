@@ -18,6 +18,13 @@ pub struct Info {
     pub r: f64,
     /// KOALA-M: current weight process noise q_w.
     pub qw: f64,
+    /// The current target multiplier (since 1.1).
+    pub lr: f64,
+    /// Host optimizers: the CPU threads the passes run on (since 1.1).
+    pub threads: i32,
+    /// 0 = updated (predict next), 1 = predicted (update next), 2 =
+    /// `update_begin` done (`update_end` next). Since 1.1.
+    pub phase: i32,
 }
 
 impl From<sys::koala_info> for Info {
@@ -31,6 +38,9 @@ impl From<sys::koala_info> for Info {
             p11: i.p11,
             r: i.r,
             qw: i.qw,
+            lr: i.lr,
+            threads: i.threads,
+            phase: i.phase,
         }
     }
 }

@@ -24,6 +24,20 @@
 //! Device (CUDA) memory goes through the `unsafe` `*_raw` methods, which take
 //! raw pointers and a stream.
 //!
+//! Since libkoala 1.1: `Method::PlusPlus` (KOALA++), the config fields
+//! `threads`, `stochastic_rounding`, `seed`, `asymmetric`, `fused_predict`,
+//! per-tensor lr multipliers and weight decay, `posterior`, and sharded
+//! optimizers (`Optimizer::new_sharded`) with the two-phase update
+//! (`update_begin`, an all-reduce of the sums buffer by the caller,
+//! `update_end`).
+//!
+//! Threads: one optimizer is used by one thread at a time (`&mut self`;
+//! `Optimizer` is `Send`, not `Sync`); distinct optimizers may run on
+//! distinct threads at once. A host optimizer runs its passes on
+//! `Config::threads` CPU threads of the library's own pool (0: the
+//! `KOALA_NUM_THREADS` environment variable, else every CPU the process may
+//! use); the workers sleep between calls.
+//!
 //! ```compile_fail,E0277
 //! // An optimizer may move to another thread but not be shared between threads.
 //! fn shared<T: Sync>() {}
@@ -40,7 +54,7 @@ pub use config::{Config, Method};
 pub use element::{DType, Element};
 pub use error::{Error, Status};
 pub use info::Info;
-pub use optimizer::{Memory, Optimizer};
+pub use optimizer::{Memory, Optimizer, Shard};
 
 /// The libkoala version that was linked: MAJOR*10000 + MINOR*100 + PATCH.
 pub fn version() -> u32 {

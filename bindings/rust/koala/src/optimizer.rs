@@ -36,6 +36,22 @@ pub struct Optimizer {
     sizes: Vec<usize>,
     dtype: DType,
     memory: Memory,
+    /// tensors of the whole model (== sizes.len() unless sharded)
+    n_global: usize,
+}
+
+/// How this process's tensors sit in the whole model, for
+/// [`Optimizer::new_sharded`] (koala.h's `koala_shard` without the
+/// callback: the Rust binding offers the two-phase update instead).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shard {
+    /// Tensors of the whole model, the same on every process.
+    pub n_global: usize,
+    /// The global tensor (0-based) that local tensor i is a piece of; `None`
+    /// means local tensor i is global tensor i.
+    pub global_index: Option<Vec<usize>>,
+    /// Elements of the whole model (KOALA-M's q_w normalisation).
+    pub global_elements: u64,
 }
 
 // The C contract: an optimizer may be used from any thread, by one thread at
@@ -61,7 +77,53 @@ impl Optimizer {
         })?;
         let handle = NonNull::new(out)
             .ok_or_else(|| Error::invalid("koala_create: returned OK without a handle".to_string()))?;
-        Ok(Optimizer { handle, sizes: sizes.to_vec(), dtype, memory })
+        Ok(Optimizer { handle, sizes: sizes.to_vec(), dtype, memory, n_global: sizes.len() })
+    }
+
+    /// An optimizer over this process's pieces (`sizes`) of a model whose
+    /// elements are spread over several processes (koala_create_sharded,
+    /// since 1.1). Each step is `predict`, then `update_begin` (this
+    /// process's partial sums), an element-wise sum of the sums buffer over
+    /// all processes (MPI_Allreduce, ...), then `update_end`.
+    pub fn new_sharded(
+        config: &Config,
+        sizes: &[usize],
+        shard: &Shard,
+        dtype: DType,
+        memory: Memory,
+    ) -> Result<Optimizer, Error> {
+        if let Some(index) = &shard.global_index {
+            if index.len() != sizes.len() {
+                return Err(Error::invalid(format!(
+                    "Optimizer::new_sharded: shard.global_index has {} entries; there are {} local tensors",
+                    index.len(),
+                    sizes.len()
+                )));
+            }
+        }
+        let raw = sys::koala_shard {
+            struct_size: std::mem::size_of::<sys::koala_shard>(),
+            n_global: shard.n_global,
+            global_index: shard.global_index.as_ref().map_or(ptr::null(), |v| v.as_ptr()),
+            global_elements: shard.global_elements,
+            allreduce: None,
+            user: ptr::null_mut(),
+        };
+        let mut out: *mut sys::koala_optimizer = ptr::null_mut();
+        check(unsafe {
+            sys::koala_create_sharded(
+                config.as_raw(),
+                sizes.len(),
+                if sizes.is_empty() { ptr::null() } else { sizes.as_ptr() },
+                &raw,
+                dtype.raw(),
+                memory.raw(),
+                &mut out,
+            )
+        })?;
+        let handle = NonNull::new(out)
+            .ok_or_else(|| Error::invalid("koala_create_sharded: returned OK without a handle".to_string()))?;
+        Ok(Optimizer { handle, sizes: sizes.to_vec(), dtype, memory, n_global: shard.n_global })
     }
 
     /// A host-memory optimizer over `T` (`f32` or `f64`) tensors.
@@ -188,6 +250,134 @@ impl Optimizer {
                 ptr::null_mut(),
             )
         })
+    }
+
+    // ---- two-phase update (since 1.1) --------------------------------------
+
+    /// The length of the partial-sums buffer of `update_begin` / `update_end`.
+    pub fn sums_size(&self) -> Result<usize, Error> {
+        let mut n = 0usize;
+        check(unsafe { sys::koala_sums_size(self.handle.as_ptr(), &mut n) })?;
+        Ok(n)
+    }
+
+    fn host_pointers<T: Element>(
+        &self,
+        what: &str,
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
+    ) -> Result<(Vec<*mut c_void>, Vec<*const c_void>), Error> {
+        self.check_host::<T>(what)?;
+        let lengths: Vec<Option<usize>> = params.iter().map(|p| Some(p.len())).collect();
+        self.check_lengths(what, "params", &lengths)?;
+        let lengths: Vec<Option<usize>> = grads.iter().map(|g| g.map(|g| g.len())).collect();
+        self.check_lengths(what, "grads", &lengths)?;
+        let param_ptrs = params.iter_mut().map(|p| p.as_mut_ptr() as *mut c_void).collect();
+        let grad_ptrs = grads
+            .iter()
+            .map(|g| match g {
+                Some(g) => g.as_ptr() as *const c_void,
+                None => ptr::null(),
+            })
+            .collect();
+        Ok((param_ptrs, grad_ptrs))
+    }
+
+    fn check_sums(&self, what: &str, len: usize) -> Result<(), Error> {
+        let n = self.sums_size()?;
+        if len != n {
+            return Err(Error::invalid(format!("{}: sums has {} elements; sums_size() is {}", what, len, n)));
+        }
+        Ok(())
+    }
+
+    /// Phase 1: writes this process's partial sums into `sums`
+    /// (`sums_size()` elements). Changes nothing but the phase.
+    pub fn update_begin<T: Element>(
+        &mut self,
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
+        sums: &mut [f64],
+    ) -> Result<(), Error> {
+        let what = "Optimizer::update_begin";
+        let (p, g) = self.host_pointers(what, params, grads)?;
+        self.check_sums(what, sums.len())?;
+        check(unsafe {
+            sys::koala_update_begin(self.handle.as_ptr(), p.as_ptr(), g.as_ptr(), sums.as_mut_ptr(), ptr::null_mut())
+        })
+    }
+
+    /// Phase 2: finishes the update from `sums` summed over all processes,
+    /// exactly as `update_partial` would have.
+    pub fn update_end<T: Element>(
+        &mut self,
+        loss: f64,
+        loss_var: f64,
+        params: &mut [&mut [T]],
+        grads: &[Option<&[T]>],
+        sums: &[f64],
+    ) -> Result<(), Error> {
+        let what = "Optimizer::update_end";
+        let (p, g) = self.host_pointers(what, params, grads)?;
+        self.check_sums(what, sums.len())?;
+        check(unsafe {
+            sys::koala_update_end(
+                self.handle.as_ptr(),
+                loss,
+                loss_var,
+                p.as_ptr(),
+                g.as_ptr(),
+                sums.as_ptr(),
+                ptr::null_mut(),
+            )
+        })
+    }
+
+    // ---- per-tensor hyper-parameters, posterior (since 1.1) --------------
+
+    fn per_tensor(&self, what: &str, name: &str, values: Option<&[f64]>) -> Result<*const f64, Error> {
+        match values {
+            None => Ok(ptr::null()),
+            Some(v) if v.len() == self.n_global => Ok(v.as_ptr()),
+            Some(v) => Err(Error::invalid(format!(
+                "{}: {} has {} values; the model has {} tensors",
+                what,
+                name,
+                v.len(),
+                self.n_global
+            ))),
+        }
+    }
+
+    /// Per-tensor lr multipliers: tensor i steps with `lr * scale[i]` (one
+    /// finite value >= 0 per global tensor); `None` restores 1 everywhere.
+    pub fn set_tensor_lr(&mut self, scale: Option<&[f64]>) -> Result<(), Error> {
+        let p = self.per_tensor("Optimizer::set_tensor_lr", "scale", scale)?;
+        check(unsafe { sys::koala_set_tensor_lr(self.handle.as_ptr(), p, ptr::null_mut()) })
+    }
+
+    /// Per-tensor weight decay (one finite value >= 0 per global tensor);
+    /// `None` restores the config's `weight_decay` everywhere.
+    pub fn set_tensor_weight_decay(&mut self, weight_decay: Option<&[f64]>) -> Result<(), Error> {
+        let p = self.per_tensor("Optimizer::set_tensor_weight_decay", "weight_decay", weight_decay)?;
+        check(unsafe { sys::koala_set_tensor_weight_decay(self.handle.as_ptr(), p, ptr::null_mut()) })
+    }
+
+    /// The posterior weights of the last update into `out`: with
+    /// `Config::fused_predict` the parameters already hold the next
+    /// prediction, and this takes it off again (to rounding); otherwise a
+    /// copy of `params`. Not between `predict` and `update` of KOALA-M.
+    pub fn posterior<T: Element>(&self, params: &[&[T]], out: &mut [&mut [T]]) -> Result<(), Error> {
+        let what = "Optimizer::posterior";
+        self.check_host::<T>(what)?;
+        let lengths: Vec<Option<usize>> = params.iter().map(|p| Some(p.len())).collect();
+        self.check_lengths(what, "params", &lengths)?;
+        let lengths: Vec<Option<usize>> = out.iter().map(|p| Some(p.len())).collect();
+        self.check_lengths(what, "out", &lengths)?;
+        // the library only reads params (koala.h types them `void *const *`)
+        let p: Vec<*mut c_void> = params.iter().map(|p| p.as_ptr() as *mut c_void).collect();
+        let o: Vec<*mut c_void> = out.iter_mut().map(|p| p.as_mut_ptr() as *mut c_void).collect();
+        check(unsafe { sys::koala_posterior(self.handle.as_ptr(), p.as_ptr(), o.as_ptr(), ptr::null_mut()) })
     }
 
     // ---- raw pointers (device memory, or host memory you manage) --------

@@ -101,3 +101,52 @@ fn device_memory_without_a_gpu_is_unsupported() {
 fn version_matches_the_header() {
     assert_eq!(koala::version(), koala_sys::KOALA_VERSION_NUMBER);
 }
+
+/// koala-sys directly: a sharded optimizer whose all-reduce callback fails
+/// returns KOALA_ERROR_COMMUNICATION (Status::Communication) and changes
+/// nothing.
+#[test]
+fn a_failing_allreduce_is_a_communication_error() {
+    use koala_sys as sys;
+    use std::os::raw::{c_int, c_void};
+    unsafe extern "C" fn fails(buf: *mut f64, count: usize, _stream: *mut c_void, user: *mut c_void) -> c_int {
+        *(user as *mut usize) = count;
+        *buf = f64::NAN; // scribbles on the buffer: the library must not use it
+        1
+    }
+    let mut seen_count = 0usize;
+    let cfg = Config::new(Method::PlusPlus);
+    let shard = sys::koala_shard {
+        struct_size: std::mem::size_of::<sys::koala_shard>(),
+        n_global: 1,
+        global_index: std::ptr::null(),
+        global_elements: 3,
+        allreduce: Some(fails),
+        user: &mut seen_count as *mut usize as *mut c_void,
+    };
+    let mut x = [1.0f32, 2.0, 3.0];
+    let g = [0.5f32, -0.5, 0.25];
+    unsafe {
+        let mut opt: *mut sys::koala_optimizer = std::ptr::null_mut();
+        let st = sys::koala_create_sharded(
+            cfg.as_raw(),
+            1,
+            [3usize].as_ptr(),
+            &shard,
+            sys::koala_dtype_KOALA_FLOAT32,
+            sys::koala_memory_KOALA_HOST,
+            &mut opt,
+        );
+        assert_eq!(st, sys::koala_status_KOALA_OK);
+        let params = [x.as_mut_ptr() as *mut c_void];
+        let grads = [g.as_ptr() as *const c_void];
+        assert_eq!(sys::koala_predict(opt, params.as_ptr(), std::ptr::null_mut()), 0);
+        let st = sys::koala_update(opt, 1.0, 1.0, params.as_ptr(), grads.as_ptr(), std::ptr::null_mut());
+        assert_eq!(st, Status::Communication.raw());
+        let mut n = 0usize;
+        assert_eq!(sys::koala_sums_size(opt, &mut n), 0);
+        assert_eq!(seen_count, n);
+        sys::koala_destroy(opt);
+    }
+    assert_eq!(x, [1.0f32, 2.0, 3.0]);
+}

@@ -1,13 +1,8 @@
 /*
- * test_update_ptr_threads.c - two promises about bit-for-bit equality:
- *  1. koala_update_ptr with a float32 or float64 host loss does exactly
- *     what koala_update does with the same numbers (float32 losses widen
- *     exactly to double);
- *  2. a run gives identical bits with 1, 2 and 3 OpenMP threads (the
- *     library cuts tensors into fixed 32 Ki chunks and reduces per-chunk
- *     sums in chunk order, independent of the thread count).
+ * test_update_ptr.c - koala_update_ptr with a float32 or float64 host loss
+ * does exactly what koala_update does with the same numbers (float32 losses
+ * widen exactly to double). (Thread-count independence: test_threads.c.)
  */
-#include <omp.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -93,74 +88,15 @@ static void test_update_ptr(void **state) {
     update_ptr_case(v, KOALA_FLOAT64);
 }
 
-/* ---- 2. thread-count independence ---------------------------------------- */
-
-/* Runs 12 steps on a layout that takes the OpenMP path (three tensors over
- * 32 Ki, 180k elements in all: 7 chunks) and returns the final parameters
- * and checkpoint. */
-static void run_with_threads(const test_variant *v, int threads, const test_layout *layout,
-                             void ***params_out, unsigned char **state_out, size_t *state_size) {
-    omp_set_num_threads(threads);
-    assert_int_equal(omp_get_max_threads(), threads);
-    koala_config cfg;
-    make_config(v->method, &cfg);
-    test_pair pair;
-    assert_int_equal(pair_init(&pair, &cfg, layout, v->dtype, 41, 0), KOALA_OK);
-    test_step step;
-    step_alloc(&step, layout);
-    for (unsigned k = 0; k < 12; ++k) {
-        assert_int_equal(pair_predict(&pair), KOALA_OK);
-        step_fill(&step, layout, 41, k, 10, 0);
-        assert_int_equal(pair_update(&pair, &step), KOALA_OK);
-    }
-    *params_out = buffers_alloc(layout, v->dtype);
-    buffers_copy(*params_out, pair.params, layout, v->dtype);
-    *state_out = save_state(pair.opt, state_size);
-    step_free(&step, layout);
-    pair_free(&pair);
-}
-
-static void test_thread_count_independent(void **state) {
-    const test_variant *v = *state;
-    const size_t sizes[] = {7, 65537, 1, 40000, 74461, 3};
-    test_layout layout = layout_make(6, sizes);
-    const int saved = omp_get_max_threads();
-    void **p1, **p2, **p3;
-    unsigned char *s1, *s2, *s3;
-    size_t n1, n2, n3;
-    run_with_threads(v, 1, &layout, &p1, &s1, &n1);
-    run_with_threads(v, 2, &layout, &p2, &s2, &n2);
-    run_with_threads(v, 3, &layout, &p3, &s3, &n3);
-    omp_set_num_threads(saved);
-    assert_true(buffers_equal(p1, p2, &layout, v->dtype));
-    assert_true(buffers_equal(p1, p3, &layout, v->dtype));
-    assert_int_equal(n1, n2);
-    assert_int_equal(n1, n3);
-    assert_memory_equal(s1, s2, n1);
-    assert_memory_equal(s1, s3, n1);
-    buffers_free(p1, &layout);
-    buffers_free(p2, &layout);
-    buffers_free(p3, &layout);
-    free(s1);
-    free(s2);
-    free(s3);
-    layout_free(&layout);
-}
-
 int main(void) {
     enum { N = sizeof test_variants / sizeof test_variants[0] };
-    struct CMUnitTest tests[2 * N];
-    static char names[2 * N][64];
+    struct CMUnitTest tests[N];
+    static char names[N][64];
     for (size_t i = 0; i < N; ++i) {
         struct CMUnitTest a = cmocka_unit_test_prestate(test_update_ptr, (void *)&test_variants[i]);
         snprintf(names[i], sizeof names[i], "update_ptr equals update, %s", test_variants[i].name);
         a.name = names[i];
         tests[i] = a;
-        struct CMUnitTest b = cmocka_unit_test_prestate(test_thread_count_independent, (void *)&test_variants[i]);
-        snprintf(names[N + i], sizeof names[N + i], "1, 2, 3 threads identical, %s",
-                 test_variants[i].name);
-        b.name = names[N + i];
-        tests[N + i] = b;
     }
-    return _cmocka_run_group_tests("update_ptr_threads", tests, 2 * N, NULL, NULL);
+    return _cmocka_run_group_tests("update_ptr", tests, N, NULL, NULL);
 }
