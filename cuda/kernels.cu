@@ -276,6 +276,8 @@ __device__ void reduce_sums(const ScalarArgs &a) {
         double *trailer = a.sums_out + a.n_global * stride;
         trailer[0] = a.local_elements;
         trailer[1] = header_of(a.scalars).pending_d2;
+        trailer[2] = 1.0;  // one process
+        trailer[3] = layout_fingerprint(static_cast<uint64_t>(a.global_elements), a.n_global);
     }
 }
 
@@ -449,7 +451,7 @@ struct MomentumStep {
     S *v, *xbar;
     bool vx, vg, vv, vb;
     C wd, k1, k2, decay;
-    uint32_t key;
+    uint32_t key, key_next;  // this update's rounding stream, the next predict's (fused)
     uint64_t begin;
     bool sr;
     double d2;
@@ -463,10 +465,23 @@ struct MomentumStep {
     __device__ void run(Regs &r, uint32_t first, int count) {
 #pragma unroll
         for (int j = 0; j < V; ++j) {
-            C xi = ld(r.x[j]);
+            const uint64_t index = begin + first + j;
             double t = 0.0;
-            momentum::step(xi, r.v[j], r.xbar[j], ld(r.g[j]), wd, k1, k2, decay, kFused, t);
-            r.x[j] = st<T>(xi, key, begin + first + j, sr);
+            if constexpr (kIsHalf<T>) {
+                // As cpu_kernels.cpp: the posterior is rounded to T with this
+                // update's stream, and (fused) the prediction x + v from that
+                // with the next predict's, as the unfused predict would.
+                C xi = ld(r.x[j]);
+                momentum::step(xi, r.v[j], r.xbar[j], ld(r.g[j]), wd, k1, k2, decay, false, t);
+                if constexpr (kFused) {
+                    xi = ld(st<T>(xi, key, index, sr)) + r.v[j];
+                    r.x[j] = st<T>(xi, key_next, index, sr);
+                } else {
+                    r.x[j] = st<T>(xi, key, index, sr);
+                }
+            } else {
+                momentum::step(r.x[j], r.v[j], r.xbar[j], r.g[j], wd, k1, k2, decay, kFused, t);
+            }
             if (j < count) d2 += t;
         }
         store_part<V>(x + first, vx, count, r.x);
@@ -555,15 +570,18 @@ __global__ void __launch_bounds__(kThreads)
             const C k1 = static_cast<C>(cf.c[0]), k2 = static_cast<C>(cf.c[1]),
                     decay = static_cast<C>(cf.c[2]);
             if (a.fused) {
+                // The next predict's stream: 2k + 3 for the update of step k.
+                const uint32_t key_next =
+                    sr ? noise_key(a.seed, a.control->noise_step + 3u, ch.tensor) : 0u;
                 MomentumStep<T, true> op{x,  g,  v,     xbar, aligned16(x), aligned16(g),
                                          aligned16(v), aligned16(xbar), wd, k1, k2, decay,
-                                         key, ch.begin, sr, 0.0};
+                                         key, key_next, ch.begin, sr, 0.0};
                 walk_chunk<MomentumStep<T, true>::V>(op, ch.count);
                 d2[0] = op.d2;
             } else {
                 MomentumStep<T, false> op{x,  g,  v,     xbar, aligned16(x), aligned16(g),
                                           aligned16(v), aligned16(xbar), wd, k1, k2, decay,
-                                          key, ch.begin, sr, 0.0};
+                                          key, 0u, ch.begin, sr, 0.0};
                 walk_chunk<MomentumStep<T, false>::V>(op, ch.count);
                 d2[0] = op.d2;
             }

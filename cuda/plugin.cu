@@ -54,9 +54,8 @@ koala_status cuda_fail(cudaError_t e, const char *what, char *msg, size_t cap) {
 
 // The NVIDIA driver this plugin's CUDA runtime needs: CUDA 13 runtimes need
 // R580; CUDA 12 runtimes run on R525+ (minor version compatibility), and
-// the 30 KiB pointer tables need CUDA 12.1 drivers, so R535, the project's
-// floor.
-int driver_floor() { return CUDART_VERSION >= 13000 ? 580 : 535; }
+// the 30 KiB pointer tables need CUDA 12.1 drivers: R530 (koala.h).
+int driver_floor() { return CUDART_VERSION >= 13000 ? 580 : 530; }
 
 // Runs the calling thread's CUDA calls in relaxed capture mode for a scope:
 // allocations and synchronisations of create/destroy/checkpoints are then

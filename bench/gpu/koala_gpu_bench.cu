@@ -334,6 +334,8 @@ __global__ void cublas_scalars_kernel(koala_config cfg, const float *loss, size_
     }
     sums[n * stride] = total;
     sums[n * stride + 1] = 0.0;
+    sums[n * stride + 2] = 1.0;  // one process
+    sums[n * stride + 3] = koala::layout_fingerprint(static_cast<uint64_t>(total), n);
     koala::UpdateContext u{};
     u.cfg = cfg;
     u.loss = loss[0];
