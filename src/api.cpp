@@ -56,7 +56,6 @@ koala_status create(const koala_config *cfg, size_t n_tensors, const size_t *siz
     opt->bound = false;
     opt->device = nullptr;
     opt->device_phase = kUpdated;
-    opt->device_steps = 0;
     opt->plan.tensor_wd.assign(opt->layout.n_global, config.weight_decay);
     if (memory == KOALA_HOST) {
         st = host_init(opt);
@@ -153,7 +152,6 @@ koala_status device_finish(koala_optimizer *opt, const Loss &l, void *const *par
     st = ops->finish(opt->device, &opt->cfg, &pl, params, grads, sums, stream, msg, sizeof msg);
     if (st != KOALA_OK) return plugin_fail(st, msg);
     set_phase(opt, kUpdated);
-    ++opt->device_steps;
     return KOALA_OK;
 }
 

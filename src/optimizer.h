@@ -54,10 +54,10 @@ struct koala_optimizer {
     koala::HostPlan plan;   // host
 
     // Device optimizers: the CUDA plugin's handle, and the host's record of
-    // what library-owned device state cannot tell without a synchronisation.
+    // the call phase of library-owned device state (the device's scalar
+    // block counts the steps itself, graph replays included).
     void *device;
     int device_phase;
-    uint64_t device_steps;
 };
 
 namespace koala {

@@ -25,11 +25,10 @@ koala_status read_scalars(const koala_optimizer *opt, void *stream, std::vector<
     char msg[256];
     st = ops->read_scalars(opt->device, out.data(), stream, msg, sizeof msg);
     if (st != KOALA_OK) return plugin_fail(st, msg);
-    if (!opt->cfg.caller_state) {
-        ScalarHeader &h = *reinterpret_cast<ScalarHeader *>(out.data());
-        h.steps = static_cast<double>(opt->device_steps);
-        h.phase = opt->device_phase;
-    }
+    // The device counts steps in the block itself (graph replays included);
+    // the phase of library-owned state is the host's record.
+    if (!opt->cfg.caller_state)
+        reinterpret_cast<ScalarHeader *>(out.data())->phase = opt->device_phase;
     return KOALA_OK;
 }
 
@@ -44,11 +43,8 @@ koala_status write_scalars(koala_optimizer *opt, const double *in, void *stream)
     char msg[256];
     st = ops->write_scalars(opt->device, in, stream, msg, sizeof msg);
     if (st != KOALA_OK) return plugin_fail(st, msg);
-    if (!opt->cfg.caller_state) {
-        const ScalarHeader &h = *reinterpret_cast<const ScalarHeader *>(in);
-        opt->device_steps = static_cast<uint64_t>(h.steps);
-        opt->device_phase = static_cast<int>(h.phase);
-    }
+    if (!opt->cfg.caller_state)
+        opt->device_phase = static_cast<int>(reinterpret_cast<const ScalarHeader *>(in)->phase);
     return KOALA_OK;
 }
 

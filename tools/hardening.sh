@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The robustness checks of libkoala, run by CI after the main test suite:
-#   1. ASan + UBSan build (GCC), the whole C test suite: suites c, hardening;
+#   1. ASan + UBSan build (GCC), the whole C test suite: suites c, hardening,
+#      and cuda-harness (the CUDA plugin and the GPU tests on the CPU
+#      harness of tests/cuda_harness, which needs no nvcc);
 #   2. TSan build (GCC), the thread test (tests/hardening/test_threads.c);
 #   3. valgrind memcheck over every C test binary of suites c and hardening
 #      (a plain debug build: valgrind cannot run sanitized binaries);
@@ -25,8 +27,9 @@ jobs=${HARDENING_JOBS:-2}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 
-# Only the core library and the C tests: every binding, CUDA and the
-# examples are off, so the sanitizers see exactly the C ABI and its tests.
+# Only the core library and the C tests: every binding, nvcc's CUDA build
+# and the examples are off, so the sanitizers see exactly the C ABI and its
+# tests (and the CUDA sources through the CPU harness, built in any case).
 meson_opts=(-Dbuildtype=debug -Dcuda=disabled -Dpython=disabled -Dfortran=disabled
             -Drust=disabled -Djulia=disabled -Djax=disabled -Dexamples=false -Dtests=true)
 
@@ -60,11 +63,12 @@ setup() {  # dir meson-options...: configure once, reconfigure if present
   fi
 }
 
-# The suites to run: c and hardening, each only if the build registered it
-# (tests/c is written by another part of the project).
-suites_present() {  # build-dir
+# Which of the named suites the build registered (tests/c is written by
+# another part of the project), as --suite arguments.
+suites_present() {  # build-dir suite...
   local dir=$1 s listed args=()
-  for s in c hardening; do
+  shift
+  for s in "$@"; do
     # (captured first: grep -q closing the pipe early would fail it under pipefail)
     listed=$(meson test -C "$dir" --list --suite "$s" 2>/dev/null)
     if grep -q "^libkoala:$s / " <<<"$listed"; then
@@ -87,7 +91,8 @@ run_asan() {
   # it is still instrumented.
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:verify_asan_link_order=0 \
-    meson test -C "$dir" --print-errorlogs --num-processes "$jobs" $(suites_present "$dir")
+    meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
+      $(suites_present "$dir" c hardening cuda-harness)
 }
 
 # ---- 2. TSan -------------------------------------------------------------------
@@ -151,7 +156,8 @@ EOF
     name=${line##* / }
     case "$skip" in *" $name "*) echo "valgrind: skipping $name (runs under ASan)"; continue ;; esac
     names+=("$name")
-  done < <(meson test -C "$dir" --list $(suites_present "$dir") 2>/dev/null | grep '^libkoala:')
+  done < <(meson test -C "$dir" --list $(suites_present "$dir" c hardening) 2>/dev/null |
+           grep '^libkoala:')
   KOALA_TEST_SMALL=1 meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
     --wrapper "$wrapper" --timeout-multiplier 10 "${names[@]}"
 }
@@ -179,7 +185,7 @@ run_fuzz() {
 
 for s in $stages; do
   case $s in
-    asan) stage "ASan+UBSan: meson test (suites c, hardening)" run_asan ;;
+    asan) stage "ASan+UBSan: meson test (suites c, hardening, cuda-harness)" run_asan ;;
     tsan) stage "TSan: test_threads" run_tsan ;;
     valgrind) stage "valgrind memcheck: C test binaries" run_valgrind ;;
     fuzz) stage "libFuzzer: ${fuzz_seconds}s per harness" run_fuzz ;;

@@ -6,8 +6,9 @@
 // For each layout and method it reports, from one run on one GPU:
 //   - the device-to-device copy bandwidth (cudaMemcpyAsync of one parameter
 //     array, bytes read + written) measured here,
-//   - the byte floor of ALGORITHM.md §10 at that bandwidth (KOALA-V 20 B,
-//     KOALA-M 56 B per parameter and step) and the step time / floor ratio
+//   - the byte floor at that bandwidth (bytes the step must move per
+//     float32 parameter with weight decay: KOALA-V 20 B, KOALA-M 52 B, fused
+//     KOALA-M 36 B, KOALA++ 44 B) and the step time / floor ratio
 //     (goal <= 1.2),
 //   - the step time eager (koala_predict + koala_update_ptr with the loss in
 //     device memory) and replayed from a CUDA graph,
@@ -16,11 +17,16 @@
 //     synchronisation inside: synchronising a capturing stream is an error),
 //   - KOALA-V composed from cuBLAS the way a user would write it (per tensor
 //     cublasSnrm2 / cublasSdot in device pointer mode, one scalar kernel
-//     calling the same koala::update_scalars, per tensor cublasSaxpy with a
-//     device alpha), eager.
+//     calling the same koala::filter_update, per tensor cublasSaxpy with a
+//     device alpha), eager. cuBLAS is opened at run time (dlopen), so the
+//     binary runs where it is not installed: that baseline is then skipped.
 // Usage: koala_gpu_bench [--steps N] [--layout resnet18|1b|all]
-#include <cublas_v2.h>
+// Exits 77 without a usable GPU, or 1 if KOALA_REQUIRE_GPU=1.
+// KOALA_CUBLAS names the cuBLAS library to open (default libcublas.so.<CUDA
+// major>, then the toolkit's lib64).
+#include <cublas_v2.h>  // types and prototypes only: nothing is linked
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 
 #include <cmath>
 #include <cstdio>
@@ -29,7 +35,7 @@
 #include <string>
 #include <vector>
 
-#include "kalman.h"
+#include "filter.h"
 #include "koala.h"
 #include "resnet18_layout.h"
 
@@ -181,12 +187,28 @@ size_t kernel_nodes(cudaGraph_t graph, size_t *other) {
     return kernels;
 }
 
-void bench_koala(const Layout &l, koala_method method, int steps, double copy_gbps,
+// The methods benchmarked, and the bytes a step must move per float32
+// parameter with weight decay (sums pass: g and x; apply: read x, g and the
+// state, write x and the state; KOALA-M's predict reads x, v and writes
+// them, fused away).
+struct MethodCase {
+    const char *name;
+    koala_method method;
+    int fused;
+    double bytes_per_param;
+};
+const MethodCase kMethodCases[] = {{"KOALA-V", KOALA_VANILLA, 0, 20.0},
+                                   {"KOALA-M", KOALA_MOMENTUM, 0, 52.0},
+                                   {"KOALA-Mf", KOALA_MOMENTUM, 1, 36.0},
+                                   {"KOALA++", KOALA_PLUSPLUS, 0, 44.0}};
+
+void bench_koala(const Layout &l, const MethodCase &mc, int steps, double copy_gbps,
                  cudaStream_t s) {
     Buffers b(l);
     koala_config cfg;
-    koala_config_init(&cfg, method);
+    koala_config_init(&cfg, mc.method);
     cfg.weight_decay = kWeightDecay;
+    cfg.fused_predict = mc.fused;
     koala_optimizer *opt = nullptr;
     KOALA_CHECK(koala_create(&cfg, l.sizes.size(), l.sizes.data(), KOALA_FLOAT32, KOALA_DEVICE,
                              &opt));
@@ -224,16 +246,16 @@ void bench_koala(const Layout &l, koala_method method, int steps, double copy_gb
     for (int r = 0; r < steps; ++r) CUDA_CHECK(cudaGraphLaunch(exec, s));
     const double graph_ms = t.stop_ms(s) / steps;
 
-    const double bytes_per_param = method == KOALA_VANILLA ? 20.0 : 56.0;
+    const double bytes_per_param = mc.bytes_per_param;
     const double floor_ms = bytes_per_param * static_cast<double>(l.total) / (copy_gbps * 1e9) * 1e3;
     koala_info info{};
     info.struct_size = sizeof info;
     KOALA_CHECK(koala_get_info(opt, s, &info));
     std::printf(
-        "%-9s %-7s params %11zu tensors %4zu | eager %8.3f ms  graph %8.3f ms | floor %8.3f ms "
+        "%-9s %-8s params %11zu tensors %4zu | eager %8.3f ms  graph %8.3f ms | floor %8.3f ms "
         "(%2.0f B/param) graph/floor %5.2f | kernels: predict %zu update %zu (other nodes %zu) | "
         "skipped %llu\n",
-        l.name.c_str(), method == KOALA_VANILLA ? "KOALA-V" : "KOALA-M", l.total, l.sizes.size(),
+        l.name.c_str(), mc.name, l.total, l.sizes.size(),
         eager_ms, graph_ms, floor_ms, bytes_per_param, graph_ms / floor_ms, k_predict, k_update,
         other_p + other_u, static_cast<unsigned long long>(info.skipped_steps));
     CUDA_CHECK(cudaGraphExecDestroy(exec));
@@ -245,55 +267,114 @@ void bench_koala(const Layout &l, koala_method method, int steps, double copy_gb
 
 // --- the cuBLAS-composed KOALA-V step -------------------------------------
 
-__global__ void cublas_predict_kernel(koala_config cfg, koala::FilterState *f) {
-    koala::vanilla_predict(*f, cfg);
+// The cuBLAS entries the baseline calls, looked up in a dlopen'd library
+// (the _v2 symbols are what cublas_v2.h's names stand for).
+struct Cublas {
+    decltype(&cublasCreate_v2) create = nullptr;
+    decltype(&cublasDestroy_v2) destroy = nullptr;
+    decltype(&cublasSetStream_v2) set_stream = nullptr;
+    decltype(&cublasSetPointerMode_v2) set_pointer_mode = nullptr;
+    decltype(&cublasSnrm2_v2) snrm2 = nullptr;
+    decltype(&cublasSdot_v2) sdot = nullptr;
+    decltype(&cublasSaxpy_v2) saxpy = nullptr;
+};
+
+template <class F>
+bool find_symbol(void *lib, const char *name, F *out) {
+    *out = reinterpret_cast<F>(dlsym(lib, name));
+    return *out != nullptr;
 }
 
-// From cuBLAS's float norms / dots to koala::update_scalars, then the
-// per-tensor saxpy alphas (-c_i, 0 for inactive tensors).
-__global__ void cublas_scalars_kernel(koala_config cfg, const float *loss, size_t n,
+// Opens cuBLAS; false (with *why) if it is not there.
+bool open_cublas(Cublas *c, std::string *why) {
+    const std::string major = std::to_string(CUDART_VERSION / 1000);
+    std::vector<std::string> names;
+    if (const char *env = std::getenv("KOALA_CUBLAS")) names.push_back(env);
+    names.push_back("libcublas.so." + major);
+    names.push_back("/usr/local/cuda/lib64/libcublas.so." + major);
+    void *lib = nullptr;
+    for (const std::string &n : names) {
+        lib = dlopen(n.c_str(), RTLD_NOW | RTLD_LOCAL);
+        if (lib) break;
+        const char *e = dlerror();
+        *why += (why->empty() ? "" : "; ") + std::string(e ? e : n.c_str());
+    }
+    if (!lib) return false;
+    if (find_symbol(lib, "cublasCreate_v2", &c->create) &&
+        find_symbol(lib, "cublasDestroy_v2", &c->destroy) &&
+        find_symbol(lib, "cublasSetStream_v2", &c->set_stream) &&
+        find_symbol(lib, "cublasSetPointerMode_v2", &c->set_pointer_mode) &&
+        find_symbol(lib, "cublasSnrm2_v2", &c->snrm2) &&
+        find_symbol(lib, "cublasSdot_v2", &c->sdot) &&
+        find_symbol(lib, "cublasSaxpy_v2", &c->saxpy))
+        return true;
+    *why = "a cuBLAS entry is missing from the library";
+    return false;
+}
+
+__global__ void cublas_predict_kernel(koala_config cfg, koala::ScalarHeader *h) {
+    koala::vanilla::predict(*h, cfg);
+}
+
+// From cuBLAS's float norms / dots to the sums layout (sums.h) and
+// koala::filter_update, then the per-tensor saxpy alphas (-c_i, 0 for
+// inactive tensors).
+__global__ void cublas_scalars_kernel(koala_config cfg, const float *loss, size_t n, double total,
                                       const float *gnorm, const float *gx, const float *xnorm,
-                                      koala::BlockSums *sums, const unsigned char *has_grad,
-                                      koala::BlockCoef *coef, koala::FilterState *f,
+                                      double *sums, koala::Coef *coef, koala::ScalarHeader *h,
                                       float *neg_c) {
     if (threadIdx.x != 0 || blockIdx.x != 0) return;
-    const double wd = cfg.weight_decay;
+    const size_t stride = koala::sums_stride(KOALA_VANILLA);
     for (size_t i = 0; i < n; ++i) {
-        const double gg = static_cast<double>(gnorm[i]) * gnorm[i];
-        const double xx = static_cast<double>(xnorm[i]) * xnorm[i];
-        sums[i] = koala::BlockSums{gg, gg + 2.0 * wd * gx[i] + wd * wd * xx, xx};
+        double *slot = sums + i * stride;
+        slot[0] = 1.0;  // one piece, with a gradient
+        slot[1] = static_cast<double>(gnorm[i]) * gnorm[i];
+        slot[2] = gx[i];
+        slot[3] = static_cast<double>(xnorm[i]) * xnorm[i];
     }
-    koala::FilterState s = *f;
-    if (koala::update_scalars(s, cfg, loss[0], loss[1], sums, has_grad, n, coef) ==
-        koala::kUpdated)
-        *f = s;
-    for (size_t i = 0; i < n; ++i) neg_c[i] = coef[i].active ? -static_cast<float>(coef[i].cx) : 0.0f;
+    sums[n * stride] = total;
+    sums[n * stride + 1] = 0.0;
+    sums[n * stride + 2] = 1.0;  // one process
+    sums[n * stride + 3] = koala::layout_fingerprint(static_cast<uint64_t>(total), n);
+    koala::UpdateContext u{};
+    u.cfg = cfg;
+    u.loss = loss[0];
+    u.loss_var = loss[1];
+    u.sums = sums;
+    u.n_global = n;
+    u.global_elements = total;
+    koala::ScalarHeader next;
+    size_t bad = 0;
+    if (koala::filter_update(*h, u, nullptr, next, coef, &bad) == koala::kOk) {
+        next.steps += 1.0;
+        *h = next;
+    }
+    for (size_t i = 0; i < n; ++i)
+        neg_c[i] = (coef[i].flags & koala::kActive) ? -static_cast<float>(coef[i].c[0]) : 0.0f;
 }
 
-void bench_cublas(const Layout &l, int steps, double copy_gbps, cudaStream_t s) {
+void bench_cublas(const Cublas &blas, const Layout &l, int steps, double copy_gbps,
+                  cudaStream_t s) {
     Buffers b(l);
     const size_t n = l.sizes.size();
     koala_config cfg;
     koala_config_init(&cfg, KOALA_VANILLA);
     cfg.weight_decay = kWeightDecay;
-    const koala::FilterState init = koala::initial_state(cfg);
+    const koala::ScalarHeader init = koala::initial_header(cfg);
     float *scal = nullptr;  // gnorm, gx, xnorm, neg_c
-    koala::BlockSums *sums = nullptr;
-    koala::BlockCoef *coef = nullptr;
-    koala::FilterState *f = nullptr;
-    unsigned char *has_grad = nullptr;
+    double *sums = nullptr;
+    koala::Coef *coef = nullptr;
+    koala::ScalarHeader *f = nullptr;
     CUDA_CHECK(cudaMalloc(&scal, 4 * n * sizeof(float)));
-    CUDA_CHECK(cudaMalloc(&sums, n * sizeof *sums));
+    CUDA_CHECK(cudaMalloc(&sums, koala::sums_count(KOALA_VANILLA, n) * sizeof(double)));
     CUDA_CHECK(cudaMalloc(&coef, n * sizeof *coef));
     CUDA_CHECK(cudaMalloc(&f, sizeof *f));
-    CUDA_CHECK(cudaMalloc(&has_grad, n));
     CUDA_CHECK(cudaMemcpy(f, &init, sizeof init, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemset(has_grad, 1, n));
     CUDA_CHECK(cudaDeviceSynchronize());  // s is non-blocking: it does not wait for these
     cublasHandle_t h;
-    CUBLAS_CHECK(cublasCreate(&h));
-    CUBLAS_CHECK(cublasSetStream(h, s));
-    CUBLAS_CHECK(cublasSetPointerMode(h, CUBLAS_POINTER_MODE_DEVICE));
+    CUBLAS_CHECK(blas.create(&h));
+    CUBLAS_CHECK(blas.set_stream(h, s));
+    CUBLAS_CHECK(blas.set_pointer_mode(h, CUBLAS_POINTER_MODE_DEVICE));
     float *gnorm = scal, *gx = scal + n, *xnorm = scal + 2 * n, *neg_c = scal + 3 * n;
     auto step = [&]() {
         cublas_predict_kernel<<<1, 1, 0, s>>>(cfg, f);
@@ -301,14 +382,14 @@ void bench_cublas(const Layout &l, int steps, double copy_gbps, cudaStream_t s) 
             const int len = static_cast<int>(l.sizes[i]);
             const float *g = static_cast<const float *>(b.g[i]);
             const float *x = static_cast<const float *>(b.x[i]);
-            CUBLAS_CHECK(cublasSnrm2(h, len, g, 1, gnorm + i));
-            CUBLAS_CHECK(cublasSdot(h, len, g, 1, x, 1, gx + i));
-            CUBLAS_CHECK(cublasSnrm2(h, len, x, 1, xnorm + i));
+            CUBLAS_CHECK(blas.snrm2(h, len, g, 1, gnorm + i));
+            CUBLAS_CHECK(blas.sdot(h, len, g, 1, x, 1, gx + i));
+            CUBLAS_CHECK(blas.snrm2(h, len, x, 1, xnorm + i));
         }
-        cublas_scalars_kernel<<<1, 1, 0, s>>>(cfg, b.loss, n, gnorm, gx, xnorm, sums, has_grad,
-                                              coef, f, neg_c);
+        cublas_scalars_kernel<<<1, 1, 0, s>>>(cfg, b.loss, n, static_cast<double>(l.total), gnorm,
+                                              gx, xnorm, sums, coef, f, neg_c);
         for (size_t i = 0; i < n; ++i)
-            CUBLAS_CHECK(cublasSaxpy(h, static_cast<int>(l.sizes[i]), neg_c + i,
+            CUBLAS_CHECK(blas.saxpy(h, static_cast<int>(l.sizes[i]), neg_c + i,
                                      static_cast<const float *>(b.g[i]), 1,
                                      static_cast<float *>(b.x[i]), 1));
     };
@@ -321,12 +402,11 @@ void bench_cublas(const Layout &l, int steps, double copy_gbps, cudaStream_t s) 
     std::printf("%-9s cuBLAS-composed KOALA-V eager %8.3f ms | floor %8.3f ms, ratio %5.2f | "
                 "launches per step: %zu (3 reductions + 1 axpy per tensor + 2 scalar kernels)\n",
                 l.name.c_str(), ms, floor_ms, ms / floor_ms, 4 * n + 2);
-    cublasDestroy(h);
+    blas.destroy(h);
     cudaFree(scal);
     cudaFree(sums);
     cudaFree(coef);
     cudaFree(f);
-    cudaFree(has_grad);
 }
 
 }  // namespace
@@ -345,9 +425,17 @@ int main(int argc, char **argv) {
         }
     }
     if (koala_device_probe() != KOALA_OK) {
-        std::printf("SKIP: no usable GPU: %s\n", koala_last_error());
-        return 77;
+        const char *require = std::getenv("KOALA_REQUIRE_GPU");
+        const bool required = require && std::strcmp(require, "1") == 0;
+        std::printf("%s: no usable GPU: %s\n", required ? "FAIL" : "SKIP", koala_last_error());
+        return required ? 1 : 77;
     }
+    Cublas blas;
+    std::string no_cublas;
+    const bool have_cublas = open_cublas(&blas, &no_cublas);
+    if (!have_cublas)
+        std::printf("cuBLAS baseline: skipped, cuBLAS could not be opened (%s)\n",
+                    no_cublas.c_str());
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
     std::printf("device: %s, %d SMs, %.0f MB L2\n", prop.name, prop.multiProcessorCount,
@@ -361,9 +449,8 @@ int main(int argc, char **argv) {
         const double bw = copy_bandwidth(l.total * sizeof(float), 20, s);
         std::printf("%-9s device-to-device copy of %zu bytes: %.0f GB/s (read + write)\n",
                     l.name.c_str(), l.total * sizeof(float), bw);
-        bench_koala(l, KOALA_VANILLA, steps, bw, s);
-        bench_koala(l, KOALA_MOMENTUM, steps, bw, s);
-        bench_cublas(l, steps, bw, s);
+        for (const MethodCase &mc : kMethodCases) bench_koala(l, mc, steps, bw, s);
+        if (have_cublas) bench_cublas(blas, l, steps, bw, s);
     }
     CUDA_CHECK(cudaStreamDestroy(s));
     return 0;

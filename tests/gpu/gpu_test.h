@@ -1,7 +1,9 @@
 // Small helpers shared by the GPU test programs: skip without a GPU, check
 // macros, a deterministic RNG and a tensor set mirrored in host and device
 // memory. Every program exits 77 (Meson: skipped) when no GPU is usable,
-// 1 on any failed check, 0 otherwise.
+// 1 on any failed check, 0 otherwise. With KOALA_REQUIRE_GPU=1 (the GPU
+// check, the CPU harness) no usable GPU is a failure (exit 1): a run where
+// every GPU test skipped must not pass for one that tested something.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -9,6 +11,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "koala.h"
@@ -47,10 +50,14 @@ static int g_failures = 0;
     } while (0)
 
 inline void skip_without_gpu() {
-    if (koala_device_probe() != KOALA_OK) {
-        std::printf("SKIP: no usable GPU: %s\n", koala_last_error());
-        std::exit(77);
+    if (koala_device_probe() == KOALA_OK) return;
+    const char *require = std::getenv("KOALA_REQUIRE_GPU");
+    if (require && std::strcmp(require, "1") == 0) {
+        std::printf("FAIL: no usable GPU, and KOALA_REQUIRE_GPU=1: %s\n", koala_last_error());
+        std::exit(1);
     }
+    std::printf("SKIP: no usable GPU: %s\n", koala_last_error());
+    std::exit(77);
 }
 
 inline int finish(const char *name) {

@@ -12,9 +12,13 @@
  * argv[1] == "missing-plugin": the test is run with KOALA_CUDA_PLUGIN
  * naming a file that does not exist, and the message must say that the
  * plugin could not be loaded.
+ * argv[1] == "reason", argv[2] == TEXT: the probe must fail and its
+ * message contain TEXT (the CPU harness's no-device and no-driver runs).
+ * KOALA_REQUIRE_GPU=1 (the GPU check): the probe must succeed.
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "koala.h"
@@ -60,6 +64,9 @@ static void host_still_works(void) {
 
 int main(int argc, char **argv) {
     const int missing_plugin = argc > 1 && strcmp(argv[1], "missing-plugin") == 0;
+    const char *reason = argc > 2 && strcmp(argv[1], "reason") == 0 ? argv[2] : NULL;
+    const char *require = getenv("KOALA_REQUIRE_GPU");
+    const int require_gpu = require && strcmp(require, "1") == 0;
     koala_config cfg;
     koala_config_init(&cfg, KOALA_MOMENTUM);
     size_t sizes[2] = {10, 20};
@@ -73,14 +80,18 @@ int main(int argc, char **argv) {
 
     if (probe == KOALA_OK) {
         CHECK(!missing_plugin, "the probe succeeded without the plugin");
+        CHECK(!reason, "the probe succeeded; expected it to fail with \"%s\"", reason);
         koala_status st = koala_create(&cfg, 2, sizes, KOALA_FLOAT32, KOALA_DEVICE, &opt);
         CHECK(st == KOALA_OK, "device koala_create on a usable GPU: %s", koala_last_error());
         if (st == KOALA_OK) koala_destroy(opt);
     } else {
+        CHECK(!require_gpu, "no usable GPU, and KOALA_REQUIRE_GPU=1: %s", why);
         CHECK(probe == KOALA_ERROR_UNSUPPORTED, "probe returned %d", (int)probe);
         CHECK(why && strlen(why) > 20, "probe gives no reason");
         if (missing_plugin) {
             CHECK(strstr(why, "could not be loaded") != NULL, "message: %s", why);
+        } else if (reason) {
+            CHECK(strstr(why, reason) != NULL, "message: %s", why);
         } else {
             /* The plugin was found and loaded: the reason comes from the CUDA
              * runtime (no driver, no device, or no code for the device). */

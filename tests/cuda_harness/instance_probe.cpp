@@ -1,0 +1,3 @@
+#include "instance_probe.h"
+
+cudaError_t probe_last_error() { return cudaGetLastError(); }
