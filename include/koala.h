@@ -219,7 +219,9 @@ typedef struct koala_config {
 /** What an optimizer reports about itself (koala_get_info). */
 typedef struct koala_info {
     size_t struct_size;       /**< = sizeof(koala_info), set by the CALLER */
-    uint64_t steps;           /**< completed koala_update calls */
+    uint64_t steps;           /**< completed koala_update calls (device optimizers: also those
+                                   whose step was skipped on the device, and every replay of
+                                   a captured update) */
     uint64_t skipped_steps;   /**< device optimizers: updates skipped on the device because
                                    loss, loss_var or a gradient norm was not finite */
     double sigma;             /**< VANILLA: current sigma (P after update, P-hat after predict) */

@@ -277,8 +277,12 @@ void plusplus_sums_impl(const ChunkArgs &c, double *out) {
         plusplus::accumulate(ld(g[i]), kWithX ? ld(x[i]) : C(0), kFirst ? C(0) : Hp[i],
                              kFirst ? C(0) : vp[i], wd, kFirst, t);
     };
-    sum_blocked<C, K>(
-        c.n, out, [&](size_t i, C (&t)[K]) { terms(i, t); },
+    // float64 throughout, even for float32 data: KOALA++'s w is a difference
+    // of nearly equal products of these sums (exactly 0 for a one-element
+    // tensor), and float32 block sums would leave a residue that the v
+    // recursion carries from step to step.
+    sum_blocked<double, K>(
+        c.n, out, [&](size_t i, double (&t)[K]) { terms(i, t); },
         [&](size_t i, double (&t)[K]) { terms(i, t); });
 }
 

@@ -488,7 +488,9 @@ fn bindgen_test_layout_koala_config() {
 pub struct koala_info {
     #[doc = "< = sizeof(koala_info), set by the CALLER"]
     pub struct_size: usize,
-    #[doc = "< completed koala_update calls"]
+    #[doc = "< completed koala_update calls (device optimizers: also those"]
+    #[doc = "whose step was skipped on the device, and every replay of"]
+    #[doc = "a captured update)"]
     pub steps: u64,
     #[doc = "< device optimizers: updates skipped on the device because"]
     #[doc = "loss, loss_var or a gradient norm was not finite"]
