@@ -4,14 +4,15 @@
 // core builds with -ffp-contract=off, so every variant rounds exactly as the
 // shared element math says, as the CUDA kernels do.
 //
-// Sums (pass 1, and KOALA-M's |xbar - x|^2) are accumulated in kLanes
-// logical lanes: lane j takes the elements i with i % kLanes == j, in order,
+// Sums (pass 1, and KOALA-M's |xbar - x|^2) are accumulated in L logical
+// lanes (16 for float32 accumulators, 8 for float64: two AVX2 registers per
+// sum): lane j takes the elements i with i % L == j, in order,
 // first into an accumulator of the element's compute type over a block of
 // kBlockRows rows, then the block into a float64 lane total; the totals are
 // added in lane order at the end. That order depends on neither the vector
 // width nor the thread count, so every build and run gives the same bits.
 // float32 (and 16-bit) data accumulate in float32 over blocks of
-// kBlockRows * kLanes = 512 elements: a float32 pass runs at memory speed
+// kBlockRows * L = 512 elements: a float32 pass runs at memory speed
 // where float64 conversions would make it compute-bound, and the relative
 // error of a 32-term float32 sum (~1e-6 at worst) is far inside what a
 // float32 run agrees with the float64 reference to. A block whose float32
@@ -32,7 +33,9 @@ namespace KOALA_CPU_ISA {
 
 namespace {
 
-constexpr size_t kLanes = 16;
+// Logical lanes of an accumulator type (see the top).
+template <class A>
+constexpr size_t kLanes = sizeof(A) == 4 ? 16 : 8;
 constexpr size_t kBlockRows = 32;
 
 template <class T>
@@ -57,11 +60,11 @@ inline T st(Compute<T> v, const ChunkArgs &c, size_t i, bool stochastic) {
     return st_with<T>(v, c.noise, c.first + i, stochastic);
 }
 
-template <size_t K, class A>
-inline bool all_finite(const A (&acc)[K][kLanes]) {
+template <size_t K, class A, size_t L>
+inline bool all_finite(const A (&acc)[K][L]) {
     A s = 0;
     for (size_t k = 0; k < K; ++k)
-        for (size_t j = 0; j < kLanes; ++j) s += acc[k][j] * A(0);
+        for (size_t j = 0; j < L; ++j) s += acc[k][j] * A(0);
     return s == A(0);  // 0 * Inf and 0 * NaN are NaN
 }
 
@@ -75,42 +78,43 @@ inline bool all_finite(const A (&acc)[K][kLanes]) {
 template <class A, size_t K, class Terms, class Redo>
 inline __attribute__((always_inline)) void sum_blocked(size_t n, double *out, Terms terms,
                                                        Redo redo) {
-    double total[K][kLanes] = {};
-    const size_t rows = n / kLanes;
+    constexpr size_t L = kLanes<A>;
+    double total[K][L] = {};
+    const size_t rows = n / L;
     for (size_t r0 = 0; r0 <= rows; r0 += kBlockRows) {
         const size_t r1 = r0 + kBlockRows < rows ? r0 + kBlockRows : rows;
-        A acc[K][kLanes] = {};
+        A acc[K][L] = {};
         for (size_t r = r0; r < r1; ++r) {
 #pragma omp simd
-            for (size_t j = 0; j < kLanes; ++j) {
+            for (size_t j = 0; j < L; ++j) {
                 A t[K];
-                terms(r * kLanes + j, t);
+                terms(r * L + j, t);
                 for (size_t k = 0; k < K; ++k) acc[k][j] += t[k];
             }
         }
         // The ragged end after the last full row, into the low lanes.
         if (r1 == rows)
-            for (size_t i = rows * kLanes; i < n; ++i) {
+            for (size_t i = rows * L; i < n; ++i) {
                 A t[K];
                 terms(i, t);
-                for (size_t k = 0; k < K; ++k) acc[k][i - rows * kLanes] += t[k];
+                for (size_t k = 0; k < K; ++k) acc[k][i - rows * L] += t[k];
             }
         if (std::is_same<A, float>::value && !all_finite(acc)) {
-            const size_t end = r1 == rows ? n : r1 * kLanes;
-            for (size_t i = r0 * kLanes; i < end; ++i) {
+            const size_t end = r1 == rows ? n : r1 * L;
+            for (size_t i = r0 * L; i < end; ++i) {
                 double t[K] = {};
                 redo(i, t);
-                for (size_t k = 0; k < K; ++k) total[k][i % kLanes] += t[k];
+                for (size_t k = 0; k < K; ++k) total[k][i % L] += t[k];
             }
         } else {
             for (size_t k = 0; k < K; ++k)
-                for (size_t j = 0; j < kLanes; ++j) total[k][j] += static_cast<double>(acc[k][j]);
+                for (size_t j = 0; j < L; ++j) total[k][j] += static_cast<double>(acc[k][j]);
         }
         if (r1 == rows) break;
     }
     for (size_t k = 0; k < K; ++k) {
         double s = 0.0;
-        for (size_t j = 0; j < kLanes; ++j) s += total[k][j];
+        for (size_t j = 0; j < L; ++j) s += total[k][j];
         out[k] = s;
     }
 }

@@ -1,5 +1,6 @@
 #include "cpu_path.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -27,17 +28,26 @@ int threads_for(const koala_optimizer *opt) {
                                                         : opt->threads;
 }
 
-// Runs chunk(k) for every chunk: part p of P takes the contiguous range
-// [p n / P, (p+1) n / P), forward, or backward when `reverse` (the range's
-// last chunks are the ones pass 1 left in this core's caches).
+// Parts per thread: enough that a worker the OS wakes late only finds the
+// remaining parts, few enough that each part is a long contiguous run.
+constexpr int kPartsPerThread = 4;
+
+// Runs chunk(k) for every chunk, cut into contiguous ranges (parts) that the
+// threads claim in order: forward, or, when `reverse`, from the last chunk
+// to the first (pass 1 ended at the last chunks, whose data the caches still
+// hold; each element's update is independent, so the order changes no result).
 template <class F>
 void for_chunks(const koala_optimizer *opt, bool reverse, const F &chunk) {
     const long n = static_cast<long>(opt->plan.chunks.size());
-    run_parts(threads_for(opt), [&](int p, int parts) {
-        const long begin = n * p / parts, end = n * (p + 1) / parts;
+    const int threads = threads_for(opt);
+    const int parts = threads == 1 ? 1 : static_cast<int>(std::min<long>(n, threads * kPartsPerThread));
+    run_parts(threads, parts, [&](int p, int n_parts) {
         if (reverse) {
+            const int q = n_parts - 1 - p;
+            const long begin = n * q / n_parts, end = n * (q + 1) / n_parts;
             for (long k = end - 1; k >= begin; --k) chunk(static_cast<size_t>(k));
         } else {
+            const long begin = n * p / n_parts, end = n * (p + 1) / n_parts;
             for (long k = begin; k < end; ++k) chunk(static_cast<size_t>(k));
         }
     });

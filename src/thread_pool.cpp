@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <mutex>
@@ -22,7 +23,8 @@ struct Pool {
     std::mutex m;
     std::condition_variable work, done;
     int workers = 0;           // worker threads started so far
-    unsigned long generation = 0;
+    int wanted = 0;            // workers the current job may use
+    std::atomic<unsigned long> generation{0};
     const PartFn *job = nullptr;
     int parts = 0;
     std::atomic<int> next{0};  // the next unclaimed part
@@ -44,12 +46,26 @@ int run_claimed(Pool *p, const PartFn &job, int parts) {
     return ran;
 }
 
-void worker(Pool *p) {
+// How long a worker polls for the next job before it sleeps: about the gap
+// between two passes of one call (the scalar algebra in between), much less
+// than the gap between calls (a forward and backward pass).
+constexpr auto kPoll = std::chrono::microseconds(50);
+
+void worker(Pool *p, int id) {
     unsigned long seen = 0;
     std::unique_lock<std::mutex> lock(p->m);
     for (;;) {
-        p->work.wait(lock, [&] { return p->generation != seen && p->job != nullptr; });
-        seen = p->generation;
+        if (p->generation.load() == seen) {
+            lock.unlock();
+            const auto until = std::chrono::steady_clock::now() + kPoll;
+            while (p->generation.load(std::memory_order_relaxed) == seen &&
+                   std::chrono::steady_clock::now() < until)
+                std::this_thread::yield();
+            lock.lock();
+        }
+        p->work.wait(lock, [&] { return p->generation.load() != seen && p->job != nullptr; });
+        seen = p->generation.load();
+        if (id > p->wanted) continue;  // this job wants fewer threads
         const PartFn *job = p->job;
         const int parts = p->parts;
         ++p->active;
@@ -93,29 +109,30 @@ int default_threads() {
     return n > 0 ? static_cast<int>(n) : 1;
 }
 
-void run_parts(int threads, const PartFn &part) {
+void run_parts(int threads, int parts, const PartFn &part) {
     Pool *p = pool;
     std::unique_lock<std::mutex> busy(p->busy, std::try_to_lock);
-    if (threads <= 1 || !busy.owns_lock()) {
-        part(0, 1);
+    if (threads <= 1 || parts <= 1 || !busy.owns_lock()) {
+        for (int k = 0; k < parts; ++k) part(k, parts);
         return;
     }
     {
         std::lock_guard<std::mutex> lock(p->m);
         try {
-            for (; p->workers < threads - 1; ++p->workers) std::thread(worker, p).detach();
+            for (; p->workers < threads - 1; ++p->workers) std::thread(worker, p, p->workers + 1).detach();
         } catch (...) {
             // No more threads to be had: the parts still all run (claimed by
             // this thread and the workers there are).
         }
         p->job = &part;
-        p->parts = threads;
+        p->parts = parts;
+        p->wanted = threads - 1;
         p->next.store(0, std::memory_order_relaxed);
         p->finished = 0;
-        ++p->generation;
+        p->generation.fetch_add(1);
     }
     p->work.notify_all();
-    const int ran = run_claimed(p, part, threads);
+    const int ran = run_claimed(p, part, parts);
     std::unique_lock<std::mutex> lock(p->m);
     p->finished += ran;
     p->done.wait(lock, [&] { return p->finished == p->parts && p->active == 0; });
