@@ -170,10 +170,12 @@ double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k
     const T *g = static_cast<const T *>(c.g);
     const Compute<T> cx = static_cast<Compute<T>>(coef.c[0]);
     if constexpr (is_half<T>) {
-        const bool sr = k.stochastic != 0;
+        with_bool(k.stochastic != 0, [&](auto sr) {
 #pragma omp simd
-        for (size_t i = 0; i < c.n; ++i)
-            x[i] = st<T>(vanilla::step(ld(x[i]), ld(g[i]), cx), c, i, sr);
+            for (size_t i = 0; i < c.n; ++i)
+                x[i] = st<T>(vanilla::step(ld(x[i]), ld(g[i]), cx), c, i, sr.value);
+            return 0.0;
+        });
     } else {
 #pragma omp simd
         for (size_t i = 0; i < c.n; ++i) x[i] = vanilla::step(x[i], g[i], cx);
@@ -206,8 +208,7 @@ double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
     C *v = static_cast<C *>(c.s0);
     const C *xbar = static_cast<const C *>(c.s1);
     const C a = static_cast<C>(k.a);
-    const bool sr = k.stochastic != 0;
-    return with_flag(c.flag, [&](auto flag) {
+    return with_flag(c.flag, [&](auto flag) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
         sum_blocked<C, 1>(
             c.n, &d2,
@@ -216,14 +217,14 @@ double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
                 if constexpr (is_half<T>) {
                     C xi = ld(x[i]);
                     momentum::predict_element(flag.value, xi, v[i], xbar[i], a, t[0]);
-                    x[i] = st<T>(xi, c, i, sr);
+                    x[i] = st<T>(xi, c, i, sr.value);
                 } else {
                     momentum::predict_element(flag.value, x[i], v[i], xbar[i], a, t[0]);
                 }
             },
             NoRedo{});
         return d2;
-    });
+    }); });
 }
 
 template <class T>
@@ -235,8 +236,7 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
     C *xbar = static_cast<C *>(c.s1);
     const C wd = static_cast<C>(c.wd), k1 = static_cast<C>(coef.c[0]),
             k2 = static_cast<C>(coef.c[1]), decay = static_cast<C>(coef.c[2]);
-    const bool sr = k.stochastic != 0;
-    return with_bool(k.fused != 0, [&](auto fused) {
+    return with_bool(k.fused != 0, [&](auto fused) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
         sum_blocked<C, 1>(
             c.n, &d2,
@@ -249,10 +249,10 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
                         // The default mode stores the posterior in T (rounded with
                         // this update's noise) and its predict adds v to that
                         // (rounded with the predict's noise): do the same.
-                        xi = ld(st<T>(xi, c, i, sr)) + v[i];
-                        x[i] = st_with<T>(xi, c.noise_next, c.first + i, sr);
+                        xi = ld(st<T>(xi, c, i, sr.value)) + v[i];
+                        x[i] = st_with<T>(xi, c.noise_next, c.first + i, sr.value);
                     } else {
-                        x[i] = st<T>(xi, c, i, sr);
+                        x[i] = st<T>(xi, c, i, sr.value);
                     }
                 } else {
                     momentum::step(x[i], v[i], xbar[i], g[i], wd, k1, k2, decay, fused.value, t[0]);
@@ -260,7 +260,7 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
             },
             NoRedo{});
         return d2;
-    });
+    }); });
 }
 
 // ---- KOALA++ ------------------------------------------------------------
@@ -274,11 +274,20 @@ void plusplus_sums_impl(const ChunkArgs &c, double *out) {
     const C *vp = static_cast<const C *>(c.s0);
     const C *Hp = static_cast<const C *>(c.s1);
     const C wd = static_cast<C>(c.wd);
+    // float16 elements are widened by numeric.h's integer conversion here:
+    // with F16C, GCC folds (double)(float)h into one half-to-double
+    // conversion, which x86 only has as a (slow) libgcc call.
+    auto load = [](T v) -> C {
+        if constexpr (std::is_same<T, fp16>::value)
+            return fp16_to_float(v.bits);
+        else
+            return ld(v);
+    };
     // Element i's terms, accumulated in A.
     auto terms = [&](size_t i, auto &t) {
         using A = std::remove_reference_t<decltype(t[0])>;
         for (size_t k = 0; k < K; ++k) t[k] = A(0);
-        plusplus::accumulate(ld(g[i]), kWithX ? ld(x[i]) : C(0), kFirst ? C(0) : Hp[i],
+        plusplus::accumulate(load(g[i]), kWithX ? load(x[i]) : C(0), kFirst ? C(0) : Hp[i],
                              kFirst ? C(0) : vp[i], wd, kFirst, t);
     };
     // float64 throughout, even for float32 data: KOALA++'s w is a difference
@@ -312,15 +321,14 @@ double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
             lambda = static_cast<C>(coef.c[1]), w = static_cast<C>(coef.c[2]),
             cc = static_cast<C>(coef.c[3]), q = static_cast<C>(k.q),
             sigma0 = static_cast<C>(k.sigma0);
-    const bool sr = k.stochastic != 0;
-    return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) {
+    return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) { return with_bool(k.stochastic != 0, [&](auto sr) {
         if constexpr (is_half<T>) {
 #pragma omp simd
             for (size_t i = 0; i < c.n; ++i) {
                 C xi = ld(x[i]);
                 plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0,
                                first.value);
-                x[i] = st<T>(xi, c, i, sr);
+                x[i] = st<T>(xi, c, i, sr.value);
             }
         } else {
 #pragma omp simd
@@ -329,7 +337,7 @@ double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
                                first.value);
         }
         return 0.0;
-    });
+    }); });
 }
 
 double no_predict(const ChunkArgs &, const StepConstants &) { return 0.0; }
