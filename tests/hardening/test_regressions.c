@@ -5,7 +5,7 @@
  *   - negative loss_var accepted, driving the online R negative
  *     (rows "loss_var = -1", "*loss_var = -0.25");
  *   - out-of-range enum values read as C++ enums, undefined behaviour that
- *     UBSan reports (rows "dtype = 3", "loss_dtype = 9", "cfg->method = 3",
+ *     UBSan reports (rows "dtype = 5", "loss_dtype = 9", "cfg->method = 4",
  *     run under -fsanitize=undefined by tools/hardening.sh);
  *   - koala_update_ptr's NOT_FINITE message naming koala_update;
  *   - a checkpoint with an indefinite KOALA-M covariance accepted (found by
