@@ -11,11 +11,7 @@
  * after each of the next V1_AFTER updates (a NULL gradient on one of them,
  * koala_set_lr on another), with koala_info's filter scalars.
  *
- * With --fuzz-seeds DIR it also writes 1.0 checkpoints of the fuzzers'
- * fixed layouts (fuzz/fuzz_layouts.h) behind their mode byte, as seeds that
- * reach the version-1 reader of fuzz_state_load.
- *
- * usage: gen_v1_data OUT_DIR [--fuzz-seeds DIR]
+ * usage: gen_v1_data OUT_DIR
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,79 +159,13 @@ static void one_set(const char *dir, koala_method method, koala_dtype dtype, dou
     printf("gen_v1_data: %s/%s.{ckpt,expected} (%zu-byte checkpoint)\n", dir, name, size);
 }
 
-/* 1.0 checkpoints of fuzz/fuzz_layouts.h's layouts (the config need not be
- * the fuzzers': a checkpoint carries its own). */
-static void fuzz_seeds(const char *dir) {
-    static const struct {
-        const char *name;
-        koala_method method;
-        koala_dtype dtype;
-        size_t n;
-        size_t sizes[3];
-    } layouts[] = {
-        {"v32", KOALA_VANILLA, KOALA_FLOAT32, 2, {3, 5, 0}},
-        {"v64", KOALA_VANILLA, KOALA_FLOAT64, 1, {1, 0, 0}},
-        {"m32", KOALA_MOMENTUM, KOALA_FLOAT32, 2, {3, 5, 0}},
-        {"m64", KOALA_MOMENTUM, KOALA_FLOAT64, 3, {2, 1, 4}},
-    };
-    size_t l, t, i;
-    int predicted;
-    for (l = 0; l < sizeof layouts / sizeof layouts[0]; ++l)
-        for (predicted = 0; predicted < 2; ++predicted) {
-            koala_config cfg;
-            koala_optimizer *opt = NULL;
-            double p64[3][5], g64[3][5];
-            float p32[3][5], g32[3][5];
-            void *params[3];
-            const void *grads[3];
-            unsigned char *buf;
-            size_t size = 0;
-            unsigned k, mode;
-            koala_config_init(&cfg, layouts[l].method);
-            V1_CONFIGURE(cfg, 5e-4);
-            if (koala_create(&cfg, layouts[l].n, layouts[l].sizes, layouts[l].dtype, KOALA_HOST,
-                             &opt) != KOALA_OK)
-                die("create (fuzz layout)");
-            for (t = 0; t < layouts[l].n; ++t) {
-                for (i = 0; i < layouts[l].sizes[t]; ++i) {
-                    p64[t][i] = v1_start(t, i);
-                    p32[t][i] = (float)p64[t][i];
-                    g64[t][i] = v1_grad(0, t, i);
-                    g32[t][i] = (float)g64[t][i];
-                }
-                params[t] = layouts[l].dtype == KOALA_FLOAT32 ? (void *)p32[t] : (void *)p64[t];
-                grads[t] = layouts[l].dtype == KOALA_FLOAT32 ? (const void *)g32[t]
-                                                             : (const void *)g64[t];
-            }
-            for (k = 0; k < 2; ++k)
-                if (koala_predict(opt, params, NULL) != KOALA_OK ||
-                    koala_update(opt, v1_loss(k), v1_loss_var(k), params, grads, NULL) != KOALA_OK)
-                    die("step (fuzz layout)");
-            if (predicted && koala_predict(opt, params, NULL) != KOALA_OK) die("predict");
-            if (koala_state_size(opt, &size) != KOALA_OK) die("state_size");
-            buf = malloc(size + 1);
-            if (!buf || koala_state_save(opt, buf + 1, size, NULL) != KOALA_OK) die("save");
-            /* fuzz_state_load's mode byte: bit 1 = the target is predicted. */
-            for (mode = 0; mode < 4; mode += 2) {
-                char path[600];
-                buf[0] = (unsigned char)mode;
-                snprintf(path, sizeof path, "%s/v1_%s_step2%s_mode%u", dir, layouts[l].name,
-                         predicted ? "_predicted" : "", mode);
-                write_bytes(path, buf, size + 1);
-            }
-            free(buf);
-            koala_destroy(opt);
-        }
-    printf("gen_v1_data: 16 fuzz seeds in %s\n", dir);
-}
-
 int main(int argc, char **argv) {
     static const koala_method methods[2] = {KOALA_VANILLA, KOALA_MOMENTUM};
     static const koala_dtype dtypes[2] = {KOALA_FLOAT32, KOALA_FLOAT64};
     static const double wds[2] = {0.0, 5e-4};
     int m, d, w, phase;
-    if (argc != 2 && !(argc == 4 && strcmp(argv[2], "--fuzz-seeds") == 0)) {
-        fprintf(stderr, "usage: %s OUT_DIR [--fuzz-seeds DIR]\n", argv[0]);
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s OUT_DIR\n", argv[0]);
         return 2;
     }
     if (koala_version() != 10000) {
@@ -248,6 +178,5 @@ int main(int argc, char **argv) {
             for (w = 0; w < 2; ++w)
                 for (phase = 0; phase < 2; ++phase)
                     one_set(argv[1], methods[m], dtypes[d], wds[w], phase);
-    if (argc == 4) fuzz_seeds(argv[3]);
     return 0;
 }

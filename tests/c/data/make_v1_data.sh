@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Regenerates tests/c/data/v1_* and fuzz/corpus/state_load/v1_* with
-# libkoala 1.0 itself: checks out commit f596f19 (the 1.0.0 release) into a
-# scratch git worktree, builds its CPU-only library, builds gen_v1_data.c
+# Regenerates tests/c/data/v1_* with libkoala 1.0 itself: checks out commit
+# f596f19 (the 1.0.0 release) into a scratch git worktree, builds its
+# CPU-only library, builds gen_v1_data.c
 # against that library and the frozen 1.0 header (tests/abi/koala-1.0.h),
 # and runs it. Not part of the test suite (it needs the git history); the
 # outputs are committed. Deterministic: a re-run writes the same bytes.
@@ -25,5 +25,5 @@ ninja -C "$scratch/build-1.0" -j2 >"$scratch/build.log"
   "$src_dir/tests/c/data/gen_v1_data.c" -o "$scratch/gen_v1_data" \
   -L"$scratch/build-1.0" -lkoala -Wl,-rpath,"$scratch/build-1.0"
 
-"$scratch/gen_v1_data" "$src_dir/tests/c/data" --fuzz-seeds "$src_dir/fuzz/corpus/state_load"
+"$scratch/gen_v1_data" "$src_dir/tests/c/data"
 echo "make_v1_data: written with libkoala $(git -C "$src_dir" rev-parse --short "$commit")"
