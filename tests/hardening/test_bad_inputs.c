@@ -8,6 +8,9 @@
  *     buffer the call was given (partial sums, caller-owned state,
  *     koala_posterior's output) byte for byte, the optimizer's checkpoint
  *     bytes and koala_info, and *out for koala_create / koala_create_sharded.
+ *     koala_update_end failing after its phase check leaves the optimizer
+ *     predicted again (koala.h): those rows check the phase is 1, call
+ *     koala_update_begin anew, and then require everything as before.
  *
  * The same table prints the README matrix (`test_bad_inputs --markdown`);
  * check_doc_matrix.py fails the suite when README.md's copy is stale.
@@ -907,6 +910,8 @@ typedef struct {
     koala_status expect;
     const char *needle;    /* the message must contain this (names the argument) */
     koala_status (*run)(fixture *f);
+    int predicted_again;   /* koala_update_end(_ptr) past its phase check: as koala.h says,
+                              nothing changes but the phase, which goes back to "predicted" */
 } bad_case;
 
 #define INV KOALA_ERROR_INVALID_ARGUMENT
@@ -914,7 +919,9 @@ typedef struct {
 #define NF KOALA_ERROR_NOT_FINITE
 #define UNS KOALA_ERROR_UNSUPPORTED
 #define COMM KOALA_ERROR_COMMUNICATION
-#define ROW(fn, entry, misuse, fx, ph, st, needle) {#fn, entry, misuse, fx, ph, st, needle, fn}
+#define ROW(fn, entry, misuse, fx, ph, st, needle) {#fn, entry, misuse, fx, ph, st, needle, fn, 0}
+#define ROW_AGAIN(fn, entry, misuse, fx, ph, st, needle) \
+    {#fn, entry, misuse, fx, ph, st, needle, fn, 1}
 
 static const bad_case kCases[] = {
     ROW(create_cfg_null, "koala_create", "cfg = NULL", FX_V32, IDLE, INV, "cfg is NULL"),
@@ -1054,29 +1061,29 @@ static const bad_case kCases[] = {
     ROW(begin_unbound, "koala_update_begin", "caller-owned state, nothing bound", FX_UNBOUND, IDLE, BAD, "koala_bind_state"),
 
     ROW(end_opt_null, "koala_update_end", "opt = NULL", FX_SHARD, BEGUN, INV, "opt is NULL"),
-    ROW(end_sums_null, "koala_update_end", "sums = NULL", FX_SHARD_NOCB, BEGUN, INV, "sums is NULL"),
+    ROW_AGAIN(end_sums_null, "koala_update_end", "sums = NULL", FX_SHARD_NOCB, BEGUN, INV, "sums is NULL"),
     ROW(end_params_null, "koala_update_end", "params = NULL", FX_M64, BEGUN, INV, "params is NULL"),
     ROW(end_grads_null, "koala_update_end", "grads = NULL", FX_P64, BEGUN, INV, "grads is NULL"),
     ROW(end_stream, "koala_update_end", "stream != NULL on a host optimizer", FX_V32, BEGUN, INV, "stream"),
     ROW(end_without_begin, "koala_update_end", "phase 2 without phase 1 (predicted only)", FX_SHARD, PREDICTED, BAD, "koala_update_begin"),
     ROW(end_before_predict, "koala_update_end", "phase 2 without predict", FX_SHARD_NOCB, IDLE, BAD, "koala_predict"),
-    ROW(end_loss_nan, "koala_update_end", "loss = NaN", FX_SHARD, BEGUN, NF, "loss"),
-    ROW(end_loss_var_negative, "koala_update_end", "loss_var = -2", FX_P32, BEGUN, INV, "loss_var"),
-    ROW(end_grad_dropped, "koala_update_end", "grads[1] = NULL where koala_update_begin had a gradient", FX_V32, BEGUN, INV, "grads[1] is NULL"),
-    ROW(end_grad_dropped, "koala_update_end", "grads[1] = NULL where koala_update_begin had a gradient (KOALA-M float16)", FX_MF16, BEGUN, INV, "grads[1] is NULL"),
-    ROW(end_grad_added, "koala_update_end", "grads[1] set where koala_update_begin had NULL", FX_V64, BEGUN_PARTIAL, INV, "grads[1] is set"),
-    ROW(end_partial_grads, "koala_update_end", "sums of a global tensor with a gradient on one piece and NULL on the other", FX_SHARD, BEGUN_PARTIAL, INV, "global tensor 0"),
-    ROW(end_partial_grads, "koala_update_end", "the same, no callback (KOALA++)", FX_SHARD_NOCB, BEGUN_PARTIAL, INV, "global tensor 0"),
-    ROW(end_elements_missing, "koala_update_end", "sums whose element count (15) disagrees with shard->global_elements (20)", FX_SHARD_MORE, BEGUN, INV, "global_elements is 20"),
+    ROW_AGAIN(end_loss_nan, "koala_update_end", "loss = NaN", FX_SHARD, BEGUN, NF, "loss"),
+    ROW_AGAIN(end_loss_var_negative, "koala_update_end", "loss_var = -2", FX_P32, BEGUN, INV, "loss_var"),
+    ROW_AGAIN(end_grad_dropped, "koala_update_end", "grads[1] = NULL where koala_update_begin had a gradient", FX_V32, BEGUN, INV, "grads[1] is NULL"),
+    ROW_AGAIN(end_grad_dropped, "koala_update_end", "grads[1] = NULL where koala_update_begin had a gradient (KOALA-M float16)", FX_MF16, BEGUN, INV, "grads[1] is NULL"),
+    ROW_AGAIN(end_grad_added, "koala_update_end", "grads[1] set where koala_update_begin had NULL", FX_V64, BEGUN_PARTIAL, INV, "grads[1] is set"),
+    ROW_AGAIN(end_partial_grads, "koala_update_end", "sums of a global tensor with a gradient on one piece and NULL on the other", FX_SHARD, BEGUN_PARTIAL, INV, "global tensor 0"),
+    ROW_AGAIN(end_partial_grads, "koala_update_end", "the same, no callback (KOALA++)", FX_SHARD_NOCB, BEGUN_PARTIAL, INV, "global tensor 0"),
+    ROW_AGAIN(end_elements_missing, "koala_update_end", "sums whose element count (15) disagrees with shard->global_elements (20)", FX_SHARD_MORE, BEGUN, INV, "global_elements is 20"),
     ROW(end_unbound, "koala_update_end", "caller-owned state, nothing bound", FX_UNBOUND, IDLE, BAD, "koala_bind_state"),
 
     ROW(end_ptr_opt_null, "koala_update_end_ptr", "opt = NULL", FX_SHARD, BEGUN, INV, "opt is NULL"),
-    ROW(end_ptr_loss_null, "koala_update_end_ptr", "loss = NULL", FX_SHARD, BEGUN, INV, "loss is NULL"),
-    ROW(end_ptr_loss_var_null, "koala_update_end_ptr", "loss_var = NULL", FX_V64, BEGUN, INV, "loss_var is NULL"),
-    ROW(end_ptr_dtype_bf16, "koala_update_end_ptr", "loss_dtype = KOALA_BFLOAT16", FX_VB16, BEGUN, INV, "loss_dtype"),
-    ROW(end_ptr_sums_null, "koala_update_end_ptr", "sums = NULL", FX_M32, BEGUN, INV, "sums is NULL"),
+    ROW_AGAIN(end_ptr_loss_null, "koala_update_end_ptr", "loss = NULL", FX_SHARD, BEGUN, INV, "loss is NULL"),
+    ROW_AGAIN(end_ptr_loss_var_null, "koala_update_end_ptr", "loss_var = NULL", FX_V64, BEGUN, INV, "loss_var is NULL"),
+    ROW_AGAIN(end_ptr_dtype_bf16, "koala_update_end_ptr", "loss_dtype = KOALA_BFLOAT16", FX_VB16, BEGUN, INV, "loss_dtype"),
+    ROW_AGAIN(end_ptr_sums_null, "koala_update_end_ptr", "sums = NULL", FX_M32, BEGUN, INV, "sums is NULL"),
     ROW(end_ptr_without_begin, "koala_update_end_ptr", "phase 2 without phase 1", FX_P64, PREDICTED, BAD, "koala_update_begin"),
-    ROW(end_ptr_loss_nan32, "koala_update_end_ptr", "*loss = NaN (float32)", FX_SHARD_NOCB, BEGUN, NF, "loss"),
+    ROW_AGAIN(end_ptr_loss_nan32, "koala_update_end_ptr", "*loss = NaN (float32)", FX_SHARD_NOCB, BEGUN, NF, "loss"),
 
     ROW(info_opt_null, "koala_get_info", "opt = NULL", FX_V32, IDLE, INV, "opt is NULL"),
     ROW(info_out_null, "koala_get_info", "out = NULL", FX_V32, IDLE, INV, "out is NULL"),
@@ -1207,6 +1214,21 @@ static void run_case(const bad_case *c, char *msg, size_t msg_size) {
         fail_msg("%s: message does not start with '%s:': %s", c->name, c->entry, err);
     if (strstr(err, c->needle) == NULL)
         fail_msg("%s: message does not name '%s': %s", c->name, c->needle, err);
+    if (c->predicted_again) {
+        /* Predicted again: phase 1 anew (with the gradients the fixture's
+         * phase 1 had) writes the same sums, and then nothing may differ. */
+        const void *g[N_TENSORS];
+        koala_info info;
+        memset(&info, 0, sizeof info);
+        info.struct_size = sizeof info;
+        assert_int_equal(koala_get_info(f.opt, NULL, &info), KOALA_OK);
+        if (info.phase != 1)
+            fail_msg("%s: phase %d after the failure, expected 1 (predicted again)", c->name,
+                     info.phase);
+        memcpy(g, f.grads, sizeof g);
+        if (c->phase == BEGUN_PARTIAL) g[1] = NULL;
+        assert_int_equal(koala_update_begin(f.opt, f.params, g, f.sums, NULL), KOALA_OK);
+    }
     after = snapshot(&f);
     assert_int_equal(before.size, after.size);
     if (memcmp(before.bytes, after.bytes, before.size) != 0)
@@ -1246,6 +1268,9 @@ static void test_still_usable_after_failure(void **state) {
             assert_int_equal(koala_update_end(f.opt, 0.5, 0.3, f.params, f.grads, f.sums, NULL),
                              KOALA_OK);
         } else if (c->phase == BEGUN) {
+            if (c->predicted_again)
+                assert_int_equal(koala_update_begin(f.opt, f.params, f.grads, f.sums, NULL),
+                                 KOALA_OK);
             assert_int_equal(koala_update_end(f.opt, 0.5, 0.3, f.params, f.grads, f.sums, NULL),
                              KOALA_OK);
         } else if (no_callback) {
@@ -1295,7 +1320,7 @@ static int print_markdown(void) {
         hit = strstr(msg, c->needle);
         printf("| %zu | `%s` | ", i + 1, c->entry);
         print_cell(c->misuse);
-        printf(" | %s | ", status_name(c->expect));
+        printf(" | %s%s | ", status_name(c->expect), c->predicted_again ? ", predicted again" : "");
         /* the message with the asserted substring in bold */
         {
             const size_t pre = (size_t)(hit - msg);
