@@ -39,8 +39,9 @@ int main(void) {
     const int control = koala_contraction_control();
     printf("no_contraction: control (contraction allowed) fused %d of 2000 trials\n", control);
     if (control == 0) {
-        printf("no_contraction: the probe's target does not fuse even when allowed, so the test "
-               "cannot see contraction here; skipped\n");
+        printf("no_contraction: the probe's target does not fuse even when allowed (an "
+               "unoptimised build never contracts), so the test cannot see contraction here; "
+               "skipped\n");
         return 77;
     }
     static char report[4096];

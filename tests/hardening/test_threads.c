@@ -340,7 +340,7 @@ static void *pool_job(void *arg) {
 
 static void test_pool_matches_one_thread(void **state) {
     const char *small = getenv("KOALA_TEST_SMALL");
-    const int steps = small && small[0] == '1' ? 20 : 400;
+    const int steps = small && small[0] == '1' ? 20 : 150;
     pool_run one = {1, 0, NULL, 0, NULL};
     const int thread_counts[] = {2, 3, 8};
     size_t k;
