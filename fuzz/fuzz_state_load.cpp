@@ -51,8 +51,17 @@ void step_after_load(koala_optimizer *opt, const fuzz::Layout &layout, bool two_
                               sums.data(), nullptr);
         FUZZ_REQUIRE(st == KOALA_OK || st == KOALA_ERROR_NOT_FINITE,
                      "update_end after an accepted load gave %d", (int)st);
-        if (st != KOALA_OK)
+        if (st != KOALA_OK) {
+            // A failed phase 2 leaves the optimizer predicted again
+            // (koala.h); phase 1 anew gives back the state before it.
+            FUZZ_REQUIRE(fuzz::phase_of(opt) == 1, "phase %d after a failed update_end",
+                         fuzz::phase_of(opt));
+            FUZZ_REQUIRE(koala_update_begin(opt, tensors.params.data(),
+                                            tensors.grad_ptrs().data(), sums.data(),
+                                            nullptr) == KOALA_OK,
+                         "update_begin anew");
             FUZZ_REQUIRE(fuzz::state_of(opt) == begun, "a failed update_end changed the state");
+        }
     } else {
         st = koala_update(opt, 0.75, 0.6, tensors.params.data(), tensors.grad_ptrs().data(),
                           nullptr);
