@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses with the library's sources compiled straight
 # in (no shared library in between, so coverage guidance reaches the core),
-# plus gen_seeds. OpenMP is left out: its pragmas are ignored and the host
-# path runs serially, which keeps every run deterministic.
+# plus gen_seeds. The chunk kernels are built once, for the baseline
+# instruction set (cpu_dispatch.cpp then has nothing to choose), with the
+# core's -ffp-contract=off. The fuzzed layouts stay far below the size at
+# which the host path wakes its worker threads, so every run is serial and
+# deterministic.
 #
 # Usage: fuzz/build.sh OUT_DIR
 # Needs: clang++ (Debian's clang 14) and libclang-rt-14-dev (tools/deps/hardening.sh).
@@ -12,14 +15,17 @@ out_dir=$1
 cxx=${FUZZ_CXX:-clang++}
 mkdir -p "$out_dir/obj"
 
-common=(-std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wno-unknown-pragmas
+common=(-std=c++17 -g -O1 -fno-omit-frame-pointer -Wall -Wno-unknown-pragmas -ffp-contract=off
         -I"$src_dir/include" -I"$src_dir/src" -I"$src_dir/fuzz" -DKOALA_BUILDING_LIBRARY)
 sanitize=(-fsanitize=address,undefined -fno-sanitize-recover=undefined)
 
 objs=()
 for f in "$src_dir"/src/*.cpp; do
   o="$out_dir/obj/$(basename "${f%.cpp}").o"
-  "$cxx" "${common[@]}" "${sanitize[@]}" -fsanitize=fuzzer-no-link -Wno-unused-variable -c "$f" -o "$o" &
+  isa=()
+  [ "$(basename "$f")" = cpu_kernels.cpp ] && isa=(-DKOALA_CPU_ISA=base)
+  "$cxx" "${common[@]}" "${sanitize[@]}" "${isa[@]}" -fsanitize=fuzzer-no-link -Wno-unused-variable \
+    -c "$f" -o "$o" &
   objs+=("$o")
   # two compilers at a time: the machine is shared
   [ "$(jobs -rp | wc -l)" -ge 2 ] && wait -n

@@ -29,17 +29,25 @@ extern "C" const char *__asan_default_options() { return "allocator_may_return_n
 
 namespace fuzz {
 
-// The optimizer's whole observable state: its checkpoint and its info.
+// The optimizer's whole observable state: its checkpoint and its info. A
+// caller-state optimizer with nothing bound has neither (BAD_STATE): the
+// statuses are part of the bytes.
 inline std::vector<unsigned char> state_of(const koala_optimizer *opt) {
     size_t size = 0;
     FUZZ_REQUIRE(koala_state_size(opt, &size) == KOALA_OK, "state_size");
-    std::vector<unsigned char> bytes(size + sizeof(koala_info));
-    FUZZ_REQUIRE(koala_state_save(opt, bytes.data(), size, nullptr) == KOALA_OK, "state_save");
+    std::vector<unsigned char> bytes(size + sizeof(koala_info) + 2);
+    const koala_status saved = koala_state_save(opt, bytes.data(), size, nullptr);
+    FUZZ_REQUIRE(saved == KOALA_OK || saved == KOALA_ERROR_BAD_STATE, "state_save gave %d",
+                 (int)saved);
+    if (saved != KOALA_OK) std::memset(bytes.data(), 0, size);
     koala_info info;
     std::memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
-    FUZZ_REQUIRE(koala_get_info(opt, nullptr, &info) == KOALA_OK, "get_info");
+    const koala_status got = koala_get_info(opt, nullptr, &info);
+    FUZZ_REQUIRE(got == saved, "get_info gave %d, state_save %d", (int)got, (int)saved);
     std::memcpy(bytes.data() + size, &info, sizeof info);
+    bytes[size + sizeof info] = static_cast<unsigned char>(saved);
+    bytes[size + sizeof info + 1] = static_cast<unsigned char>(got);
     return bytes;
 }
 
@@ -51,17 +59,27 @@ inline void reseal(std::vector<unsigned char> &buf) {
     std::memcpy(buf.data() + buf.size() - 8, &sum, 8);
 }
 
+// The phase koala_get_info reports (0 updated, 1 predicted, 2 phase 1 of a
+// two-phase update done), or -1 when it has none (nothing bound).
+inline int phase_of(const koala_optimizer *opt) {
+    koala_info info;
+    std::memset(&info, 0, sizeof info);
+    info.struct_size = sizeof info;
+    if (koala_get_info(opt, nullptr, &info) != KOALA_OK) return -1;
+    return info.phase;
+}
+
 // False when the filter hit the known numerical issue K1 of the scalar
-// algebra (src/kalman.h, reported in doc/readme/hardening.md): a scalar
-// overflowed to Inf (covariances near 1e308). The loader rightly rejects
-// such states, so the round trip is not checked for them.
-// (K2, P leaving the PSD cone under rounding, was fixed in kalman.h by
-// clamp_psd; the round trip now enforces it again.)
+// algebra (reported in doc/readme/hardening.md): a scalar overflowed to Inf
+// (covariances near 1e308). The loader rightly rejects such states, so the
+// round trip is not checked for them. (K2, P leaving the PSD cone under
+// rounding, was fixed by method_momentum.h's clamp_psd; the round trip
+// enforces it.)
 inline bool filter_sane(const koala_optimizer *opt) {
     koala_info info;
     std::memset(&info, 0, sizeof info);
     info.struct_size = sizeof info;
-    FUZZ_REQUIRE(koala_get_info(opt, nullptr, &info) == KOALA_OK, "get_info");
+    if (koala_get_info(opt, nullptr, &info) != KOALA_OK) return false;  // nothing bound
     for (double v : {info.sigma, info.p00, info.p01, info.p11, info.r, info.qw})
         if (!std::isfinite(v)) return false;  // K1
     return true;

@@ -1,6 +1,8 @@
 // Writes the committed seed corpora:
-//   corpus/state_load/: real checkpoints of the fixed layouts (fuzz_layouts.h)
-//     in several states, each behind a mode byte (see fuzz_state_load.cpp);
+//   corpus/state_load/v2_*: real checkpoints (format version 2) of the fixed
+//     layouts (fuzz_layouts.h) in several states, each behind a mode byte
+//     (see fuzz_state_load.cpp). The seeds without the v2_ prefix are
+//     libkoala 1.0's (format version 1) and are kept as they are;
 //   corpus/api_args/:   deterministic pseudo-random byte strings (the API
 //     harness decodes any bytes; these only give it a varied start).
 // Usage: gen_seeds CORPUS_DIR. Deterministic: re-running rewrites the same files.
@@ -35,23 +37,23 @@ int main(int argc, char **argv) {
         return 2;
     }
     const std::string dir = argv[1];
-    const char *names[] = {"v32", "v64", "m32", "m64"};
     int written = 0;
-    for (size_t l = 0; l < sizeof fuzz::kLayouts / sizeof fuzz::kLayouts[0]; ++l) {
-        const fuzz::Layout &layout = fuzz::kLayouts[l];
+    for (const fuzz::Layout &layout : fuzz::kLayouts) {
         struct {
             const char *name;
             int steps;
-            bool predicted;
-        } states[] = {{"fresh", 0, false}, {"step1", 1, false}, {"step4_predicted", 4, true}};
+            fuzz::StepPhase phase;
+        } states[] = {{"fresh", 0, fuzz::kAfterUpdate},
+                      {"step1", 1, fuzz::kAfterUpdate},
+                      {"step4_predicted", 4, fuzz::kAfterPredict},
+                      {"step3_begun", 3, fuzz::kAfterBegin}};
         for (const auto &s : states) {
-            koala_optimizer *opt = fuzz::make_stepped(layout, s.predicted, s.steps, 0.3);
-            const std::vector<unsigned char> ckp = checkpoint(opt);
-            koala_destroy(opt);
-            for (unsigned char mode : {0, 1, 2}) {
+            std::unique_ptr<fuzz::Target> target = fuzz::make_stepped(layout, s.phase, s.steps, 0.3);
+            const std::vector<unsigned char> ckp = checkpoint(target->opt);
+            for (unsigned char mode : {0, 1, 2, 4}) {
                 std::vector<unsigned char> seed{mode};
                 seed.insert(seed.end(), ckp.begin(), ckp.end());
-                write_file(dir + "/state_load/" + names[l] + "_" + s.name + "_mode" +
+                write_file(dir + "/state_load/v2_" + layout.name + "_" + s.name + "_mode" +
                                std::to_string(mode),
                            seed);
                 ++written;

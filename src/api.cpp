@@ -23,19 +23,19 @@ void release(koala_optimizer *opt) {
 }
 
 // koala_create (sharded = false, shard = nullptr) and koala_create_sharded.
+// dtype and memory come as ints: a C caller may pass any int, and copying an
+// out-of-range value as the C++ enum type is undefined (enum_value, config.h).
 koala_status create(const koala_config *cfg, size_t n_tensors, const size_t *sizes,
-                    bool sharded, const koala_shard *shard, koala_dtype dtype,
-                    koala_memory memory, koala_optimizer **out, const char *what) {
+                    bool sharded, const koala_shard *shard, int dtype_value,
+                    int memory_value, koala_optimizer **out, const char *what) {
     koala_config config;
     koala_status st = read_config(cfg, what, &config);
     if (st != KOALA_OK) return st;
-    const int dtype_value = enum_value(dtype);
     if (dtype_bytes(dtype_value) == 0)
         return fail(KOALA_ERROR_INVALID_ARGUMENT,
                     "%s: dtype is %d; expected KOALA_FLOAT32 (1), KOALA_FLOAT64 (2), "
                     "KOALA_BFLOAT16 (3) or KOALA_FLOAT16 (4)",
                     what, dtype_value);
-    const int memory_value = enum_value(memory);
     if (memory_value != KOALA_HOST && memory_value != KOALA_DEVICE)
         return fail(KOALA_ERROR_INVALID_ARGUMENT,
                     "%s: memory is %d; expected KOALA_HOST (1) or KOALA_DEVICE (2)", what,
@@ -49,6 +49,8 @@ koala_status create(const koala_config *cfg, size_t n_tensors, const size_t *siz
     koala_optimizer *opt = new (std::nothrow) koala_optimizer{};
     if (!opt) return fail(KOALA_ERROR_OUT_OF_MEMORY, "%s: out of host memory", what);
     opt->cfg = config;
+    const koala_dtype dtype = static_cast<koala_dtype>(dtype_value);
+    const koala_memory memory = static_cast<koala_memory>(memory_value);
     opt->dtype = dtype;
     opt->memory = memory;
     opt->layout = std::move(layout);
@@ -100,7 +102,7 @@ koala_status check_step(const koala_optimizer *opt, void *const *params,
 constexpr unsigned kAfterPredict = (1u << kPredicted) | (1u << kBegun);
 
 // Reads a host loss pair of loss_dtype (koala_update_ptr on host memory).
-void read_host_loss(const void *loss, const void *loss_var, koala_dtype d, double *l,
+void read_host_loss(const void *loss, const void *loss_var, int d, double *l,
                     double *v) {
     if (d == KOALA_FLOAT32) {
         *l = *static_cast<const float *>(loss);
@@ -116,13 +118,13 @@ void read_host_loss(const void *loss, const void *loss_var, koala_dtype d, doubl
 struct Loss {
     double loss, loss_var;
     const void *ptr, *var_ptr;
-    koala_dtype dtype;
+    int dtype;  // as an int: see create
     bool by_pointer;
 };
 Loss loss_values(double loss, double loss_var) {
     return Loss{loss, loss_var, nullptr, nullptr, KOALA_FLOAT64, false};
 }
-Loss loss_pointers(const void *loss, const void *loss_var, koala_dtype dtype) {
+Loss loss_pointers(const void *loss, const void *loss_var, int dtype) {
     return Loss{0.0, 0.0, loss, loss_var, dtype, true};
 }
 
@@ -131,7 +133,7 @@ koala_status resolve_loss(const koala_optimizer *opt, Loss &l, const char *what)
     if (l.by_pointer) {
         if (!l.ptr) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss is NULL", what);
         if (!l.var_ptr) return fail(KOALA_ERROR_INVALID_ARGUMENT, "%s: loss_var is NULL", what);
-        koala_status st = check_loss_dtype(enum_value(l.dtype), what, "loss_dtype");
+        koala_status st = check_loss_dtype(l.dtype, what, "loss_dtype");
         if (st != KOALA_OK || opt->memory == KOALA_DEVICE) return st;
         read_host_loss(l.ptr, l.var_ptr, l.dtype, &l.loss, &l.loss_var);
         l.by_pointer = false;
@@ -235,7 +237,8 @@ KOALA_API koala_status koala_create(const koala_config *cfg, size_t n_tensors,
                                     const size_t *sizes, koala_dtype dtype, koala_memory memory,
                                     koala_optimizer **out) {
     const char *what = "koala_create";
-    return guarded(what, [&] { return create(cfg, n_tensors, sizes, false, nullptr, dtype, memory, out, what); });
+    return guarded(what, [&] { return create(cfg, n_tensors, sizes, false, nullptr, enum_value(dtype),
+                                         enum_value(memory), out, what); });
 }
 
 KOALA_API koala_status koala_create_sharded(const koala_config *cfg, size_t n_tensors,
@@ -243,7 +246,8 @@ KOALA_API koala_status koala_create_sharded(const koala_config *cfg, size_t n_te
                                             koala_dtype dtype, koala_memory memory,
                                             koala_optimizer **out) {
     const char *what = "koala_create_sharded";
-    return guarded(what, [&] { return create(cfg, n_tensors, sizes, true, shard, dtype, memory, out, what); });
+    return guarded(what, [&] { return create(cfg, n_tensors, sizes, true, shard, enum_value(dtype),
+                                         enum_value(memory), out, what); });
 }
 
 KOALA_API void koala_destroy(koala_optimizer *opt) {
@@ -293,7 +297,8 @@ KOALA_API koala_status koala_update_ptr(koala_optimizer *opt, const void *loss,
                                         void *stream) {
     const char *what = "koala_update_ptr";
     return guarded(what, [&] {
-        return update(opt, loss_pointers(loss, loss_var, loss_dtype), params, grads, stream, what);
+        return update(opt, loss_pointers(loss, loss_var, enum_value(loss_dtype)), params, grads,
+                      stream, what);
     });
 }
 
@@ -339,7 +344,7 @@ KOALA_API koala_status koala_update_end_ptr(koala_optimizer *opt, const void *lo
                                             const double *sums, void *stream) {
     const char *what = "koala_update_end_ptr";
     return guarded(what, [&] {
-        return update_end(opt, loss_pointers(loss, loss_var, loss_dtype), params, grads, sums,
+        return update_end(opt, loss_pointers(loss, loss_var, enum_value(loss_dtype)), params, grads, sums,
                           stream, what);
     });
 }

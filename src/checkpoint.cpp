@@ -164,8 +164,11 @@ koala_status check_scalars(const koala_config &cfg, const std::vector<double> &s
         return bad("checkpoint phase field is invalid");
     if (!(h.steps >= 0 && h.steps < 9e15) || !(h.skipped_steps >= 0 && h.skipped_steps < 9e15))
         return bad("checkpoint step counts are invalid");
-    if (!std::isfinite(h.pending_d2) || h.pending_d2 < 0 || !std::isfinite(h.lr_scale) ||
-        h.lr_scale < 0)
+    // KOALA-M's pending |xbar - x|^2 is NaN or +Inf after a step on
+    // non-finite weights (which no check rejects when weight decay is 0), and
+    // the next predict then keeps q_w (method_momentum.h): such a state saves,
+    // so it must load. It is never negative.
+    if (h.pending_d2 < 0 || !std::isfinite(h.lr_scale) || h.lr_scale < 0)
         return bad("checkpoint scalars 9-10 are invalid");
     const double *ts = s.data() + kHeaderDoubles;
     for (size_t j = 0; j < n_global; ++j) {

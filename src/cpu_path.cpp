@@ -266,6 +266,20 @@ koala_status host_finish(koala_optimizer *opt, double loss, double loss_var,
                         what, bad);
     }
 
+    // koala_update_end must get the NULL pattern of gradients its
+    // koala_update_begin had: pass 2 reads the gradient of every piece whose
+    // global tensor the sums say has one (a NULL there would be read), and a
+    // gradient the sums did not count would be ignored.
+    const size_t stride = sums_stride(opt->cfg.method);
+    for (size_t t = 0; t < L.n_tensors(); ++t) {
+        const bool counted = decode_presence(sums[L.global_index[t] * stride]).with_grad > 0;
+        if (counted != (grads[t] != nullptr))
+            return fail(KOALA_ERROR_INVALID_ARGUMENT,
+                        "%s: grads[%zu] is %s, but the sums (koala_update_begin) have %s for "
+                        "its tensor; pass the grads koala_update_begin had; nothing was changed",
+                        what, t, grads[t] ? "set" : "NULL", counted ? "a gradient" : "none");
+    }
+
     const CpuKernels &kern = cpu_kernels(opt->cfg.method, opt->dtype);
     const StepConstants k = step_constants(opt);
     const uint32_t noise_step = update_noise_step(opt);

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # The robustness checks of libkoala, run by CI after the main test suite:
 #   1. ASan + UBSan build (GCC), the whole C test suite: suites c, hardening,
-#      and cuda-harness (the CUDA plugin and the GPU tests on the CPU
+#      abi and cuda-harness (the CUDA plugin and the GPU tests on the CPU
 #      harness of tests/cuda_harness, which needs no nvcc);
-#   2. TSan build (GCC), the thread test (tests/hardening/test_threads.c);
-#   3. valgrind memcheck over every C test binary of suites c and hardening
-#      (a plain debug build: valgrind cannot run sanitized binaries);
+#   2. TSan build (clang), the programs that run the library from several
+#      threads: hardening/threads (user threads, and the library's own worker
+#      pool driven hard), c/threads (thread counts 1-4), c/sharded
+#      (simulated processes on threads, meeting in the all-reduce);
+#   3. valgrind memcheck over the C test binaries of suites c, hardening and
+#      abi (a plain debug build: valgrind cannot run sanitized binaries);
 #   4. libFuzzer (clang 14): both harnesses of fuzz/ replay the committed
 #      corpus, then fuzz for a bounded time each.
 # Every stage runs even if an earlier one failed; the exit status is 1 if any
@@ -84,51 +87,60 @@ run_asan() {
   setup "$dir" "${meson_opts[@]}" -Db_sanitize=address,undefined -Db_lundef=false || return 1
   ninja -C "$dir" -j"$jobs" >"$dir.build.log" 2>&1 || { tail -40 "$dir.build.log"; return 1; }
   # halt_on_error: the first UB report fails the test; detect_leaks: LSan.
-  # verify_asan_link_order=0: suite c's `consumer` test installs the library
-  # and builds an ordinary (uninstrumented) program against it with
-  # pkg-config; ASan would otherwise refuse to start that program because
-  # its runtime is not first in the library list. The library's own code in
-  # it is still instrumented.
+  # verify_asan_link_order=0: suite c's `consumer` and suite abi's
+  # `abi_1_0_installed` tests install the library and build an ordinary
+  # (uninstrumented) program against it with pkg-config; ASan would
+  # otherwise refuse to start that program because its runtime is not first
+  # in the library list. The library's own code in it is still instrumented.
   UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1:verify_asan_link_order=0 \
     meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
-      $(suites_present "$dir" c hardening cuda-harness)
+      $(suites_present "$dir" c hardening abi cuda-harness)
 }
 
 # ---- 2. TSan -------------------------------------------------------------------
-# KOALA_TEST_SMALL=1 keeps every optimizer below the 65536-element threshold
-# where the host path opens OpenMP regions, and OMP_NUM_THREADS=1 makes sure
-# none fans out: libgomp is not built with TSan, so TSan cannot see its
-# barriers and would report false races between OpenMP workers. What this
-# stage checks is the library's own state across user threads (thread-local
-# error messages, the once-only plugin loader, per-optimizer state).
+# The library has no OpenMP any more: its worker pool (src/thread_pool.cpp)
+# is std::thread + std::mutex + std::condition_variable, which TSan sees in
+# full, so the programs run at full size and with several threads per
+# optimizer (no KOALA_TEST_SMALL, no thread limit): every race TSan reports
+# is real, in the library's state across user threads (thread-local error
+# messages, the once-only plugin loader, per-optimizer state) or in the
+# pool's hand-off of parts between the caller and the workers.
 #
-# Built with clang (HARDENING_TSAN_CC / HARDENING_TSAN_CXX to override):
-# with GCC, src/cpu_path.cpp's target_clones kernels become IFUNCs whose
-# resolvers are TSan-instrumented and run during relocation, before the TSan
-# runtime is initialised, so libkoala.so segfaults at load (reported; the fix
-# is to skip target_clones when __SANITIZE_THREAD__ is defined).
+# Built with clang (HARDENING_TSAN_CC / HARDENING_TSAN_CXX to override).
 run_tsan() {
-  local dir=$work/tsan
+  local dir=$work/tsan prog rc=0
+  local progs=(tests/hardening/test_threads tests/c/c_threads tests/c/c_sharded)
   CC=${HARDENING_TSAN_CC:-clang} CXX=${HARDENING_TSAN_CXX:-clang++} \
     setup "$dir" "${meson_opts[@]}" -Db_sanitize=thread -Db_lundef=false || return 1
-  ninja -C "$dir" -j"$jobs" tests/hardening/test_threads >"$dir.build.log" 2>&1 ||
+  local targets=()
+  for prog in "${progs[@]}"; do
+    # (tests/c may not be built: CMocka missing, or another part's tree)
+    if ninja -C "$dir" -t targets all 2>/dev/null | grep -q "^$prog:"; then targets+=("$prog"); fi
+  done
+  ninja -C "$dir" -j"$jobs" "${targets[@]}" >"$dir.build.log" 2>&1 ||
     { tail -40 "$dir.build.log"; return 1; }
-  local run=("$dir/tests/hardening/test_threads")
   # Kernels with a large mmap randomisation break TSan's memory layout
   # ("unexpected memory mapping"); running without ASLR avoids it.
+  local pre=()
   if command -v setarch >/dev/null && setarch "$(uname -m)" -R true 2>/dev/null; then
-    run=(setarch "$(uname -m)" -R "${run[@]}")
+    pre=(setarch "$(uname -m)" -R)
   fi
-  KOALA_TEST_SMALL=1 OMP_NUM_THREADS=1 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
-    "${run[@]}"
+  for prog in "${targets[@]}"; do
+    echo "tsan: $prog"
+    TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 CMOCKA_MESSAGE_OUTPUT=STDOUT \
+      "${pre[@]}" "$dir/$prog" >"$dir/$(basename "$prog").log" 2>&1 ||
+      { tail -60 "$dir/$(basename "$prog").log"; rc=1; }
+  done
+  return $rc
 }
 
 # ---- 3. valgrind memcheck --------------------------------------------------------
 # Definite and indirect leaks and every memory error fail; "possibly lost"
-# does not: libgomp keeps its worker threads (and their stacks) alive until
-# exit, which valgrind counts as possibly lost. Only ELF test programs run
-# under valgrind (the doc check is a Python script).
+# does not: the library's worker pool keeps its threads (and their stacks)
+# alive until exit, which valgrind counts as possibly lost. Only ELF test
+# programs run under valgrind (the doc and export checks are Python
+# scripts, the installed-library tests shell scripts).
 run_valgrind() {
   local dir=$work/debug wrapper=$work/valgrind-wrapper.sh
   setup "$dir" "${meson_opts[@]}" || return 1
@@ -147,19 +159,29 @@ fi
 exec "\$@"
 EOF
   chmod +x "$wrapper"
-  # valgrind serialises threads and runs ~30x slower: more time per test,
-  # and the longest numerical tests (HARDENING_VALGRIND_SKIP) are left to
-  # the ASan+UBSan stage, which runs every test; this keeps the stage to ~2
-  # minutes on 2 cores.
-  local skip=" ${HARDENING_VALGRIND_SKIP-reference_match update_ptr_threads} " names=() line name
-  while read -r line; do
-    name=${line##* / }
-    case "$skip" in *" $name "*) echo "valgrind: skipping $name (runs under ASan)"; continue ;; esac
-    names+=("$name")
-  done < <(meson test -C "$dir" --list $(suites_present "$dir" c hardening) 2>/dev/null |
-           grep '^libkoala:')
-  KOALA_TEST_SMALL=1 meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
-    --wrapper "$wrapper" --timeout-multiplier 10 "${names[@]}"
+  # valgrind serialises threads and runs 30-100x slower: more time per test,
+  # and the long numerical tests (HARDENING_VALGRIND_SKIP, suite/name) are
+  # left to the ASan+UBSan stage, which runs every test: under valgrind they
+  # take 3-6 minutes each (measured on 2 cores: c/caller_state 391 s,
+  # c/fused_predict 352 s, c/threads 316 s, c/half_precision 283 s,
+  # c/plusplus_reference 253 s, c/reference_match 249 s, c/sharded 191 s,
+  # c/tensor_hyper 90 s). The rest keeps the stage to a few minutes.
+  # Names repeat across suites (c/threads, hardening/threads): each suite
+  # runs on its own.
+  local skip=" ${HARDENING_VALGRIND_SKIP-c/caller_state c/fused_predict c/threads c/half_precision c/plusplus_reference c/reference_match c/sharded c/tensor_hyper} "
+  local suite line name names rc=0
+  for suite in $(suites_present "$dir" c hardening abi | sed 's/--suite//g'); do
+    names=()
+    while read -r line; do
+      name=${line##* / }
+      case "$skip" in *" $suite/$name "*) echo "valgrind: skipping $suite/$name (runs under ASan)"; continue ;; esac
+      names+=("$name")
+    done < <(meson test -C "$dir" --list --suite "$suite" 2>/dev/null | grep "^libkoala:$suite / ")
+    [ ${#names[@]} -gt 0 ] || continue
+    KOALA_TEST_SMALL=1 meson test -C "$dir" --print-errorlogs --num-processes "$jobs" \
+      --wrapper "$wrapper" --timeout-multiplier 10 --suite "$suite" "${names[@]}" || rc=1
+  done
+  return $rc
 }
 
 # ---- 4. libFuzzer ------------------------------------------------------------------
@@ -185,8 +207,8 @@ run_fuzz() {
 
 for s in $stages; do
   case $s in
-    asan) stage "ASan+UBSan: meson test (suites c, hardening, cuda-harness)" run_asan ;;
-    tsan) stage "TSan: test_threads" run_tsan ;;
+    asan) stage "ASan+UBSan: meson test (suites c, hardening, abi, cuda-harness)" run_asan ;;
+    tsan) stage "TSan: hardening/threads, c/threads, c/sharded" run_tsan ;;
     valgrind) stage "valgrind memcheck: C test binaries" run_valgrind ;;
     fuzz) stage "libFuzzer: ${fuzz_seconds}s per harness" run_fuzz ;;
     *) echo "hardening: unknown stage '$s'"; failed+=("$s") ;;

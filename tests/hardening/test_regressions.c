@@ -5,7 +5,7 @@
  *   - negative loss_var accepted, driving the online R negative
  *     (rows "loss_var = -1", "*loss_var = -0.25");
  *   - out-of-range enum values read as C++ enums, undefined behaviour that
- *     UBSan reports (rows "dtype = 3", "loss_dtype = 9", "cfg->method = 3",
+ *     UBSan reports (rows "dtype = 5", "loss_dtype = 9", "cfg->method = 4",
  *     run under -fsanitize=undefined by tools/hardening.sh);
  *   - koala_update_ptr's NOT_FINITE message naming koala_update;
  *   - a checkpoint with an indefinite KOALA-M covariance accepted (found by
@@ -90,10 +90,49 @@ static void test_momentum_ignores_vanilla_fields_in_checkpoint(void **state) {
     step_and_round_trip(&cfg);
 }
 
+/* Found by fuzz_state_load (seed regress-p00-negative-after-predict, a 1.0
+ * checkpoint with NaN in its buffers): a KOALA-M step on non-finite weights
+ * (not rejected when weight decay is 0, as the norm pass then never reads
+ * them) leaves the pending |xbar - x|^2 of the next predict NaN; the state
+ * saved, but koala_state_load refused it ("checkpoint scalars 9-10 are
+ * invalid"). The predict keeps q_w for such a sum, so the loader now takes it. */
+static void test_momentum_nonfinite_weights_checkpoint_loads(void **state) {
+    const size_t n = 4;
+    double x[4] = {1.0, 2.0, INFINITY, 4.0};
+    const double g[4] = {0.1, 0.2, 0.3, 0.4};
+    void *params[1];
+    const void *grads[1];
+    koala_config cfg;
+    koala_optimizer *opt = NULL, *copy = NULL;
+    unsigned char *a, *b;
+    size_t na, nb;
+    (void)state;
+    params[0] = x;
+    grads[0] = g;
+    koala_config_init(&cfg, KOALA_MOMENTUM);
+    assert_int_equal(koala_create(&cfg, 1, &n, KOALA_FLOAT64, KOALA_HOST, &opt), KOALA_OK);
+    assert_int_equal(koala_predict(opt, params, NULL), KOALA_OK);
+    assert_int_equal(koala_update(opt, 0.5, 0.3, params, grads, NULL), KOALA_OK);
+    a = save(opt, &na);
+    assert_int_equal(koala_create(&cfg, 1, &n, KOALA_FLOAT64, KOALA_HOST, &copy), KOALA_OK);
+    if (koala_state_load(copy, a, na, NULL) != KOALA_OK)
+        fail_msg("the optimizer's own checkpoint does not load: %s", koala_last_error());
+    b = save(copy, &nb);
+    assert_int_equal(na, nb);
+    assert_memory_equal(a, b, na);
+    /* and the run goes on: predict keeps q_w for a non-finite sum */
+    assert_int_equal(koala_predict(copy, params, NULL), KOALA_OK);
+    free(a);
+    free(b);
+    koala_destroy(opt);
+    koala_destroy(copy);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vanilla_ignores_momentum_fields_in_checkpoint),
         cmocka_unit_test(test_momentum_ignores_vanilla_fields_in_checkpoint),
+        cmocka_unit_test(test_momentum_nonfinite_weights_checkpoint_loads),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

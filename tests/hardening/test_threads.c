@@ -13,11 +13,18 @@
  * that koala_last_error() still holds its own message (thread 0, which never
  * fails, must still read ""). A shared message buffer would fail this.
  *
- * Environment: KOALA_TEST_SMALL=1 keeps every optimizer below the library's
- * OpenMP threshold (65536 elements), as the ThreadSanitizer run of
- * tools/hardening.sh needs: TSan cannot see libgomp's internal
- * synchronisation and reports false races inside OpenMP regions. Without
- * it, one job is large enough to open OpenMP regions inside a user thread.
+ * A third test drives the library's own worker pool hard (more threads than
+ * cores, two user threads at once) and requires the bits of a one-thread
+ * run: it caught a worker running a finished job's function on the next
+ * job's parts (src/thread_pool.cpp).
+ *
+ * Environment: KOALA_TEST_SMALL=1 shrinks the runs for valgrind (which
+ * serialises threads): the largest job drops below the library's parallel
+ * threshold (65536 elements) and the pool test makes 20 steps instead of
+ * 400. Without it, one of the eight jobs and the pool test split their
+ * steps over the pool's workers, inside user threads, as the
+ * ThreadSanitizer run of tools/hardening.sh needs to see the pool's
+ * synchronisation.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -45,8 +52,8 @@ typedef struct {
     size_t sizes[MAX_TENSORS];
 } job_spec;
 
-/* Different methods, dtypes and layouts; the last is big (OpenMP) unless
- * KOALA_TEST_SMALL is set. */
+/* Different methods, dtypes and layouts; the last is big enough to be split
+ * over the pool's workers unless KOALA_TEST_SMALL is set. */
 static job_spec kJobs[N_JOBS] = {
     {KOALA_VANILLA, KOALA_FLOAT32, 3, {10, 3, 7}},
     {KOALA_MOMENTUM, KOALA_FLOAT32, 2, {64, 1}},
@@ -276,6 +283,93 @@ static void test_threads_match_serial(void **state) {
     }
 }
 
+/* The library's own worker pool (src/thread_pool.cpp): one optimizer large
+ * enough to be split into parts, stepped many times with more threads than
+ * the machine has cores (so workers are often scheduled late, after the
+ * caller has claimed every part of a job and moved on to the next), gives
+ * the bits it gives with one thread; meanwhile a second user thread steps its
+ * own large optimizer, so calls also find the pool busy and run their parts
+ * themselves. A part skipped, run twice or run with another job's function
+ * changes the result (or crashes); TSan (tools/hardening.sh) checks the
+ * pool's synchronisation on the same run. */
+#define POOL_ELEMENTS 70000 /* 3 chunks of 32768: 3 parts per job */
+
+typedef struct {
+    int threads;
+    int steps;
+    unsigned char *state; /* the checkpoint after the run */
+    size_t size;
+    float *params;        /* the parameters after the run */
+} pool_run;
+
+static void *pool_job(void *arg) {
+    pool_run *r = arg;
+    koala_config cfg;
+    koala_optimizer *opt = NULL;
+    float *g = malloc(POOL_ELEMENTS * sizeof *g);
+    const size_t n = POOL_ELEMENTS;
+    void *params[1];
+    const void *grads[1];
+    int s;
+    size_t i;
+    r->params = malloc(POOL_ELEMENTS * sizeof *r->params);
+    if (!g || !r->params) abort();
+    for (i = 0; i < n; ++i) {
+        r->params[i] = (float)(0.5 * sin(0.001 * (double)i));
+        g[i] = (float)(0.01 * cos(0.003 * (double)i));
+    }
+    params[0] = r->params;
+    grads[0] = g;
+    koala_config_init(&cfg, KOALA_MOMENTUM);
+    cfg.threads = r->threads;
+    cfg.weight_decay = 1e-4;
+    if (koala_create(&cfg, 1, &n, KOALA_FLOAT32, KOALA_HOST, &opt) != KOALA_OK) abort();
+    for (s = 0; s < r->steps; ++s) {
+        if (koala_predict(opt, params, NULL) != KOALA_OK) abort();
+        g[(size_t)s % n] = (float)(0.02 * sin((double)s));
+        if (koala_update(opt, 1.0 + 0.01 * (s % 7), 1.5, params, grads, NULL) != KOALA_OK)
+            abort();
+    }
+    if (koala_state_size(opt, &r->size) != KOALA_OK) abort();
+    r->state = malloc(r->size);
+    if (!r->state || koala_state_save(opt, r->state, r->size, NULL) != KOALA_OK) abort();
+    koala_destroy(opt);
+    free(g);
+    return NULL;
+}
+
+static void test_pool_matches_one_thread(void **state) {
+    const char *small = getenv("KOALA_TEST_SMALL");
+    const int steps = small && small[0] == '1' ? 20 : 150;
+    pool_run one = {1, 0, NULL, 0, NULL};
+    const int thread_counts[] = {2, 3, 8};
+    size_t k;
+    (void)state;
+    one.steps = steps;
+    pool_job(&one);
+    for (k = 0; k < sizeof thread_counts / sizeof thread_counts[0]; ++k) {
+        pool_run many = {thread_counts[k], steps, NULL, 0, NULL};
+        pool_run other = {thread_counts[k], steps, NULL, 0, NULL};
+        pthread_t thread;
+        assert_int_equal(pthread_create(&thread, NULL, pool_job, &other), 0);
+        pool_job(&many);
+        assert_int_equal(pthread_join(thread, NULL), 0);
+        if (memcmp(many.params, one.params, POOL_ELEMENTS * sizeof *one.params) != 0 ||
+            memcmp(other.params, one.params, POOL_ELEMENTS * sizeof *one.params) != 0)
+            fail_msg("threads = %d: parameters differ from threads = 1", thread_counts[k]);
+        assert_int_equal(many.size, one.size);
+        if (memcmp(many.state, one.state, one.size) != 0 ||
+            memcmp(other.state, one.state, one.size) != 0)
+            fail_msg("threads = %d: optimizer state differs from threads = 1", thread_counts[k]);
+        free(many.params);
+        free(many.state);
+        free(other.params);
+        free(other.state);
+    }
+    free(one.params);
+    free(one.state);
+}
+
 /* The main thread's message is its own too: after the threads' failures it
  * still reads the message of its own last failure. */
 static void test_main_thread_message_is_own(void **state) {
@@ -297,6 +391,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_threads_match_serial),
         cmocka_unit_test(test_main_thread_message_is_own),
+        cmocka_unit_test(test_pool_matches_one_thread),
     };
     const char *small = getenv("KOALA_TEST_SMALL");
     if (small && small[0] == '1') kJobs[N_JOBS - 1].sizes[0] = 7000;
