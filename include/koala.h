@@ -214,7 +214,7 @@ typedef struct koala_config {
 } koala_config;
 
 /** The size of a 1.0 koala_config, the smallest struct_size accepted. */
-#define KOALA_CONFIG_SIZE_1_0 ((size_t)(sizeof(size_t) + 8 + 12 * sizeof(double)))
+#define KOALA_CONFIG_SIZE_1_0 offsetof(koala_config, threads)
 
 /** What an optimizer reports about itself (koala_get_info). */
 typedef struct koala_info {
@@ -241,7 +241,7 @@ typedef struct koala_info {
 } koala_info;
 
 /** The size of a 1.0 koala_info, the smallest struct_size accepted. */
-#define KOALA_INFO_SIZE_1_0 ((size_t)(sizeof(size_t) + 8 + 8 + 6 * sizeof(double)))
+#define KOALA_INFO_SIZE_1_0 offsetof(koala_info, lr)
 
 /* ---- configuration ------------------------------------------------------ */
 

@@ -5,10 +5,10 @@
 
 #include "error.h"
 
-static_assert(KOALA_CONFIG_SIZE_1_0 == offsetof(koala_config, threads),
-              "a 1.0 koala_config ends where the 1.1 fields begin");
-static_assert(KOALA_INFO_SIZE_1_0 == offsetof(koala_info, lr),
-              "a 1.0 koala_info ends where the 1.1 fields begin");
+// The 1.0 structs as 1.0 laid them out on LP64 targets (tests/abi checks a
+// 1.0 program against this library).
+static_assert(sizeof(size_t) != 8 || KOALA_CONFIG_SIZE_1_0 == 112, "1.0 koala_config size");
+static_assert(sizeof(size_t) != 8 || KOALA_INFO_SIZE_1_0 == 72, "1.0 koala_info size");
 
 extern "C" KOALA_API void koala_config_init_sized(koala_config *cfg, koala_method method,
                                                   size_t struct_size) {

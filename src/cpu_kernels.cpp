@@ -11,13 +11,14 @@
 // kBlockRows rows, then the block into a float64 lane total; the totals are
 // added in lane order at the end. That order depends on neither the vector
 // width nor the thread count, so every build and run gives the same bits.
-// float32 (and 16-bit) data accumulate in float32 over blocks of
+// float32 (and 16-bit) data accumulate pass 1's sums in float32 over blocks of
 // kBlockRows * L = 512 elements: a float32 pass runs at memory speed
 // where float64 conversions would make it compute-bound, and the relative
 // error of a 32-term float32 sum (~1e-6 at worst) is far inside what a
 // float32 run agrees with the float64 reference to. A block whose float32
 // sum overflows is redone in float64, so no finite input gives a non-finite
-// sum. float64 data accumulate in float64 throughout.
+// sum. float64 data, KOALA++'s sums and KOALA-M's |xbar - x|^2 (whose passes
+// update the elements, so a block cannot be redone) accumulate in float64.
 #include <type_traits>
 
 #include "cpu_kernels.h"
@@ -210,10 +211,10 @@ double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
     const C a = static_cast<C>(k.a);
     return with_flag(c.flag, [&](auto flag) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
-        sum_blocked<C, 1>(
+        sum_blocked<double, 1>(
             c.n, &d2,
-            [&](size_t i, C (&t)[1]) {
-                t[0] = C(0);
+            [&](size_t i, double (&t)[1]) {
+                t[0] = 0.0;
                 if constexpr (is_half<T>) {
                     C xi = ld(x[i]);
                     momentum::predict_element(flag.value, xi, v[i], xbar[i], a, t[0]);
@@ -238,10 +239,10 @@ double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &
             k2 = static_cast<C>(coef.c[1]), decay = static_cast<C>(coef.c[2]);
     return with_bool(k.fused != 0, [&](auto fused) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
-        sum_blocked<C, 1>(
+        sum_blocked<double, 1>(
             c.n, &d2,
-            [&](size_t i, C (&t)[1]) {
-                t[0] = C(0);
+            [&](size_t i, double (&t)[1]) {
+                t[0] = 0.0;
                 if constexpr (is_half<T>) {
                     C xi = ld(x[i]);
                     momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, false, t[0]);

@@ -128,11 +128,51 @@ static void test_momentum_nonfinite_weights_checkpoint_loads(void **state) {
     koala_destroy(copy);
 }
 
+/* KOALA-M's next-predict |xbar - x|^2, accumulated by the float32 update
+ * pass: a term beyond float32's range (x = 3e19 gives 9e38) must count (it
+ * was summed in float32 blocks, and an overflowing block contributed 0, so
+ * q_w adapted from the other blocks only). Read through caller-owned state. */
+static void test_momentum_pending_d2_beyond_float32(void **state) {
+    const size_t size = 4;
+    float x[4] = {1.0f, 2.0f, 3e19f, 4.0f};
+    const float g[4] = {0.5f, 0.25f, 0.125f, 1.0f};
+    void *params[1] = {x};
+    const void *grads[1] = {g};
+    float v[4], xbar[4];
+    void *buffers[2] = {v, xbar};
+    double scalars[64];
+    koala_config cfg;
+    koala_optimizer *opt;
+    size_t count = 0;
+    (void)state;
+    koala_config_init(&cfg, KOALA_MOMENTUM);
+    cfg.caller_state = 1;
+    assert_int_equal(koala_create(&cfg, 1, &size, KOALA_FLOAT32, KOALA_HOST, &opt), KOALA_OK);
+    assert_int_equal(koala_state_layout(opt, NULL, NULL, &count), KOALA_OK);
+    assert_true(count <= 64);
+    assert_int_equal(koala_state_init(opt, buffers, scalars, NULL), KOALA_OK);
+    assert_int_equal(koala_bind_state(opt, buffers, scalars), KOALA_OK);
+    assert_int_equal(koala_predict(opt, params, NULL), KOALA_OK);
+    assert_int_equal(koala_update(opt, 0.5, 0.3, params, grads, NULL), KOALA_OK);
+    {   /* scalar 9: the pending sum, what the next predict adds to */
+        double expect = 0.0;
+        size_t i;
+        for (i = 0; i < 4; ++i) {
+            const double d = (double)xbar[i] - (double)x[i];
+            expect += d * d;
+        }
+        assert_true(expect > 1e38 && isfinite(expect));
+        assert_true(fabs(scalars[9] - expect) <= 1e-12 * expect);
+    }
+    koala_destroy(opt);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vanilla_ignores_momentum_fields_in_checkpoint),
         cmocka_unit_test(test_momentum_ignores_vanilla_fields_in_checkpoint),
         cmocka_unit_test(test_momentum_nonfinite_weights_checkpoint_loads),
+        cmocka_unit_test(test_momentum_pending_d2_beyond_float32),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
