@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's demo: installs what is missing, builds the core library and
-# trains a small MLP on the UCI digits with KOALA-V, KOALA-M and plain SGD.
+# trains a small MLP on the UCI digits with KOALA-V, KOALA-M, KOALA++ and plain SGD.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/deps.sh core

@@ -42,7 +42,7 @@
  *
  * --break-sums perturbs the summed buffer (every sum of global tensor 0 by
  * a relative 1e-9; the layout is that of koala_sums_size: n_global slots of
- * presence + sums, then 2 trailer doubles) after every all-reduce, as a subtly wrong communication layer would:
+ * presence + sums, then the 4 trailer doubles) after every all-reduce, as a subtly wrong communication layer would:
  * the comparisons must then fail (meson runs it with should_fail).
  */
 #include <math.h>
