@@ -21,6 +21,10 @@
 // update the elements, so a block cannot be redone) accumulate in float64.
 #include <type_traits>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "cpu_kernels.h"
 #include "filter.h"
 #include "numeric.h"
@@ -76,14 +80,26 @@ inline bool all_finite(const A (&acc)[K][L]) {
 // terms in float64 when its float32 sum is not finite; it must be the same
 // terms without side effects, and is never called for data that a pass
 // writes (KOALA-M's d2 terms are bounded by its finite float32 operands).
-template <class A, size_t K, class Terms, class Redo>
+//
+// `open(i0, i1)` runs before a block's terms and `close(i0, i1)` after them
+// (redo included), for the block's elements [i0, i1): the 16-bit kernels
+// widen the block into float32 scratch there and narrow it back, so that
+// their terms run the float32 loop (see HalfBlock).
+struct NoHook {
+    void operator()(size_t, size_t) const {}
+};
+
+template <class A, size_t K, class Terms, class Redo, class Open = NoHook, class Close = NoHook>
 inline __attribute__((always_inline)) void sum_blocked(size_t n, double *out, Terms terms,
-                                                       Redo redo) {
+                                                       Redo redo, Open open = {},
+                                                       Close close = {}) {
     constexpr size_t L = kLanes<A>;
     double total[K][L] = {};
     const size_t rows = n / L;
     for (size_t r0 = 0; r0 <= rows; r0 += kBlockRows) {
         const size_t r1 = r0 + kBlockRows < rows ? r0 + kBlockRows : rows;
+        const size_t block_end = r1 == rows ? n : r1 * L;
+        open(r0 * L, block_end);
         A acc[K][L] = {};
         for (size_t r = r0; r < r1; ++r) {
 #pragma omp simd
@@ -101,8 +117,7 @@ inline __attribute__((always_inline)) void sum_blocked(size_t n, double *out, Te
                 for (size_t k = 0; k < K; ++k) acc[k][i - rows * L] += t[k];
             }
         if (std::is_same<A, float>::value && !all_finite(acc)) {
-            const size_t end = r1 == rows ? n : r1 * L;
-            for (size_t i = r0 * L; i < end; ++i) {
+            for (size_t i = r0 * L; i < block_end; ++i) {
                 double t[K] = {};
                 redo(i, t);
                 for (size_t k = 0; k < K; ++k) total[k][i % L] += t[k];
@@ -111,6 +126,7 @@ inline __attribute__((always_inline)) void sum_blocked(size_t n, double *out, Te
             for (size_t k = 0; k < K; ++k)
                 for (size_t j = 0; j < L; ++j) total[k][j] += static_cast<double>(acc[k][j]);
         }
+        close(r0 * L, block_end);
         if (r1 == rows) break;
     }
     for (size_t k = 0; k < K; ++k) {
@@ -127,6 +143,99 @@ struct NoRedo {
     void operator()(size_t, double (&)[K]) const {}
 };
 
+// ---- the elements a loop reads and writes ----------------------------
+// float32 and float64 loops work on the tensors themselves. The 16-bit
+// loops work on float32 copies of one block of x and g at a time (stack
+// scratch, cache-resident): open() widens the block, the float32 element
+// loop runs on the copies, close() rounds x back into the tensor. Done
+// inside the element loop, the conversions kept GCC from vectorising it
+// (KOALA-M bf16's update took 42 instructions per element, float32's 4);
+// as loops of their own they vectorise (F16C in the AVX2 build). The
+// arithmetic, and with sum_blocked's hooks the order of every sum, is the
+// same as converting element by element.
+constexpr size_t kScratch = (kBlockRows + 1) * kLanes<float>;  // >= any sum_blocked block
+
+template <class T>
+inline void widen(const T *src, float *dst, size_t n) {
+#if defined(__F16C__)
+    if constexpr (std::is_same<T, fp16>::value) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(
+                                          reinterpret_cast<const __m128i *>(src + i))));
+        for (; i < n; ++i) dst[i] = ld(src[i]);
+        return;
+    }
+#endif
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) dst[i] = ld(src[i]);
+}
+
+// Element i of dst is element `first + i` of its tensor (the noise index).
+template <class T, bool kStochastic>
+inline void narrow(const float *src, T *dst, size_t n, uint32_t key, uint64_t first) {
+#if defined(__F16C__)
+    if constexpr (std::is_same<T, fp16>::value && !kStochastic) {
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            _mm_storeu_si128(reinterpret_cast<__m128i *>(dst + i),
+                             _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        for (; i < n; ++i) dst[i] = st_with<T>(src[i], key, first + i, false);
+        return;
+    }
+#endif
+#pragma omp simd
+    for (size_t i = 0; i < n; ++i) dst[i] = st_with<T>(src[i], key, first + i, kStochastic);
+}
+
+template <class T, bool kHalf = is_half<T>>
+struct Elements {  // float32, float64: the tensors themselves
+    T *x;
+    const T *g;
+    Elements(const ChunkArgs &c) : x(static_cast<T *>(c.x)), g(static_cast<const T *>(c.g)) {}
+    T &xr(size_t i) { return x[i]; }
+    T gv(size_t i) const { return g[i]; }
+    void open(size_t, size_t, bool, bool) {}
+    template <bool kStochastic>
+    void close(size_t, size_t, uint32_t, uint64_t) {}
+};
+
+template <class T>
+struct Elements<T, true> {  // bfloat16, float16: float32 copies of a block
+    T *x;
+    const T *g;
+    size_t base = 0;  // the block's first element
+    float xs[kScratch], gs[kScratch];
+    Elements(const ChunkArgs &c) : x(static_cast<T *>(c.x)), g(static_cast<const T *>(c.g)) {}
+    float &xr(size_t i) { return xs[i - base]; }
+    float gv(size_t i) const { return gs[i - base]; }
+    void open(size_t i0, size_t i1, bool read_x, bool read_g) {
+        base = i0;
+        if (read_x) widen(x + i0, xs, i1 - i0);
+        if (read_g) widen(g + i0, gs, i1 - i0);
+    }
+    // Rounds the block's x into the tensor with stream `key`; `first` is
+    // the chunk's first element within its tensor.
+    template <bool kStochastic>
+    void close(size_t i0, size_t i1, uint32_t key, uint64_t first) {
+        narrow<T, kStochastic>(xs, x + i0, i1 - i0, key, first + i0);
+    }
+    // Rounds the block's copies to T and back, as storing and reloading would.
+    template <bool kStochastic>
+    void round(size_t i0, size_t i1, uint32_t key, uint64_t first) {
+        T rounded[kScratch];
+        narrow<T, kStochastic>(xs, rounded, i1 - i0, key, first + i0);
+        widen(rounded, xs, i1 - i0);
+    }
+};
+
+// Runs f(i0, i1) over [0, n) in blocks that fit Elements' scratch.
+template <class F>
+inline void for_blocks(size_t n, F f) {
+    for (size_t i0 = 0; i0 < n; i0 += kScratch) f(i0, i0 + kScratch < n ? i0 + kScratch : n);
+}
+
 // ---- KOALA-V and KOALA-M: g.g, g.x, x.x --------------------------------
 
 template <class T>
@@ -135,59 +244,43 @@ void kalman_sums(const ChunkArgs &c, double *out) {
     constexpr size_t K = kalman::kSums;
     const T *g = static_cast<const T *>(c.g);
     const T *x = static_cast<const T *>(c.x);
+    Elements<T> e(c);
     if (c.wd != 0.0) {
         sum_blocked<A, K>(
             c.n, out,
             [&](size_t i, A (&t)[K]) {
                 t[0] = t[1] = t[2] = A(0);
-                kalman::accumulate_gx(ld(g[i]), ld(x[i]), t);
+                kalman::accumulate_gx(e.gv(i), e.xr(i), t);
             },
             [&](size_t i, double (&t)[K]) {
                 t[0] = t[1] = t[2] = 0.0;
                 kalman::accumulate_gx(static_cast<double>(ld(g[i])),
                                       static_cast<double>(ld(x[i])), t);
-            });
+            },
+            [&](size_t i0, size_t i1) { e.open(i0, i1, true, true); });
     } else {
         // Without weight decay x is not read; g.x and x.x stay 0.
         sum_blocked<A, 1>(
             c.n, out,
             [&](size_t i, A (&t)[1]) {
                 A s3[K] = {A(0), A(0), A(0)};
-                kalman::accumulate_g(ld(g[i]), s3);
+                kalman::accumulate_g(e.gv(i), s3);
                 t[0] = s3[0];
             },
             [&](size_t i, double (&t)[1]) {
                 double s3[K] = {0.0, 0.0, 0.0};
                 kalman::accumulate_g(static_cast<double>(ld(g[i])), s3);
                 t[0] = s3[0];
-            });
+            },
+            [&](size_t i0, size_t i1) { e.open(i0, i1, false, true); });
         out[1] = out[2] = 0.0;
     }
 }
 
-template <class T>
-double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k) {
-    T *x = static_cast<T *>(c.x);
-    const T *g = static_cast<const T *>(c.g);
-    const Compute<T> cx = static_cast<Compute<T>>(coef.c[0]);
-    if constexpr (is_half<T>) {
-        with_bool(k.stochastic != 0, [&](auto sr) {
-#pragma omp simd
-            for (size_t i = 0; i < c.n; ++i)
-                x[i] = st<T>(vanilla::step(ld(x[i]), ld(g[i]), cx), c, i, sr.value);
-            return 0.0;
-        });
-    } else {
-#pragma omp simd
-        for (size_t i = 0; i < c.n; ++i) x[i] = vanilla::step(x[i], g[i], cx);
-    }
-    return 0.0;
-}
-
 // The per-tensor branches of the element functions (KOALA-M's flag and
-// fused mode, KOALA++'s first visit) are uniform over a chunk: each is made a
-// compile-time constant here, so the element loops have no control flow
-// left and vectorise.
+// fused mode, KOALA++'s first visit, stochastic rounding) are uniform over
+// a chunk: each is made a compile-time constant here, so the element loops
+// have no control flow left and vectorise.
 template <class F>
 inline double with_flag(int flag, F f) {
     switch (flag) {
@@ -203,27 +296,37 @@ inline double with_bool(bool b, F f) {
 }
 
 template <class T>
+double vanilla_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k) {
+    const Compute<T> cx = static_cast<Compute<T>>(coef.c[0]);
+    Elements<T> e(c);
+    return with_bool(k.stochastic != 0, [&](auto sr) {
+        for_blocks(c.n, [&](size_t i0, size_t i1) {
+            e.open(i0, i1, true, true);
+#pragma omp simd
+            for (size_t i = i0; i < i1; ++i) e.xr(i) = vanilla::step(e.xr(i), e.gv(i), cx);
+            e.template close<decltype(sr)::value>(i0, i1, c.noise, c.first);
+        });
+        return 0.0;
+    });
+}
+
+template <class T>
 double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
     using C = Compute<T>;
-    T *x = static_cast<T *>(c.x);
     C *v = static_cast<C *>(c.s0);
     const C *xbar = static_cast<const C *>(c.s1);
     const C a = static_cast<C>(k.a);
+    Elements<T> e(c);
     return with_flag(c.flag, [&](auto flag) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
         sum_blocked<double, 1>(
             c.n, &d2,
             [&](size_t i, double (&t)[1]) {
                 t[0] = 0.0;
-                if constexpr (is_half<T>) {
-                    C xi = ld(x[i]);
-                    momentum::predict_element(flag.value, xi, v[i], xbar[i], a, t[0]);
-                    x[i] = st<T>(xi, c, i, sr.value);
-                } else {
-                    momentum::predict_element(flag.value, x[i], v[i], xbar[i], a, t[0]);
-                }
+                momentum::predict_element(flag.value, e.xr(i), v[i], xbar[i], a, t[0]);
             },
-            NoRedo{});
+            NoRedo{}, [&](size_t i0, size_t i1) { e.open(i0, i1, true, false); },
+            [&](size_t i0, size_t i1) { e.template close<decltype(sr)::value>(i0, i1, c.noise, c.first); });
         return d2;
     }); });
 }
@@ -231,35 +334,35 @@ double momentum_predict(const ChunkArgs &c, const StepConstants &k) {
 template <class T>
 double momentum_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k) {
     using C = Compute<T>;
-    T *x = static_cast<T *>(c.x);
-    const T *g = static_cast<const T *>(c.g);
     C *v = static_cast<C *>(c.s0);
     C *xbar = static_cast<C *>(c.s1);
     const C wd = static_cast<C>(c.wd), k1 = static_cast<C>(coef.c[0]),
             k2 = static_cast<C>(coef.c[1]), decay = static_cast<C>(coef.c[2]);
+    Elements<T> e(c);
     return with_bool(k.fused != 0, [&](auto fused) { return with_bool(k.stochastic != 0, [&](auto sr) {
         double d2;
         sum_blocked<double, 1>(
             c.n, &d2,
             [&](size_t i, double (&t)[1]) {
                 t[0] = 0.0;
-                if constexpr (is_half<T>) {
-                    C xi = ld(x[i]);
-                    momentum::step(xi, v[i], xbar[i], ld(g[i]), wd, k1, k2, decay, false, t[0]);
-                    if (fused.value) {
-                        // The default mode stores the posterior in T (rounded with
-                        // this update's noise) and its predict adds v to that
-                        // (rounded with the predict's noise): do the same.
-                        xi = ld(st<T>(xi, c, i, sr.value)) + v[i];
-                        x[i] = st_with<T>(xi, c.noise_next, c.first + i, sr.value);
-                    } else {
-                        x[i] = st<T>(xi, c, i, sr.value);
-                    }
-                } else {
-                    momentum::step(x[i], v[i], xbar[i], g[i], wd, k1, k2, decay, fused.value, t[0]);
-                }
+                // 16-bit fused: x + v is added at close (below), after rounding.
+                momentum::step(e.xr(i), v[i], xbar[i], e.gv(i), wd, k1, k2, decay,
+                               fused.value && !is_half<T>, t[0]);
             },
-            NoRedo{});
+            NoRedo{}, [&](size_t i0, size_t i1) { e.open(i0, i1, true, true); },
+            [&](size_t i0, size_t i1) {
+                if constexpr (is_half<T> && decltype(fused)::value) {
+                    // The default mode stores the posterior in T (rounded with
+                    // this update's noise) and its predict adds v to that
+                    // (rounded with the predict's noise): do the same.
+                    e.template round<decltype(sr)::value>(i0, i1, c.noise, c.first);
+#pragma omp simd
+                    for (size_t i = i0; i < i1; ++i) e.xr(i) += v[i];
+                    e.template close<decltype(sr)::value>(i0, i1, c.noise_next, c.first);
+                } else {
+                    e.template close<decltype(sr)::value>(i0, i1, c.noise, c.first);
+                }
+            });
         return d2;
     }); });
 }
@@ -270,34 +373,21 @@ template <class T, bool kFirst, bool kWithX>
 void plusplus_sums_impl(const ChunkArgs &c, double *out) {
     using C = Compute<T>;
     constexpr size_t K = plusplus::kSums;
-    const T *g = static_cast<const T *>(c.g);
-    const T *x = static_cast<const T *>(c.x);
     const C *vp = static_cast<const C *>(c.s0);
     const C *Hp = static_cast<const C *>(c.s1);
     const C wd = static_cast<C>(c.wd);
-    // float16 elements are widened by numeric.h's integer conversion here:
-    // with F16C, GCC folds (double)(float)h into one half-to-double
-    // conversion, which x86 only has as a (slow) libgcc call.
-    auto load = [](T v) -> C {
-        if constexpr (std::is_same<T, fp16>::value)
-            return fp16_to_float(v.bits);
-        else
-            return ld(v);
-    };
-    // Element i's terms, accumulated in A.
-    auto terms = [&](size_t i, auto &t) {
-        using A = std::remove_reference_t<decltype(t[0])>;
-        for (size_t k = 0; k < K; ++k) t[k] = A(0);
-        plusplus::accumulate(load(g[i]), kWithX ? load(x[i]) : C(0), kFirst ? C(0) : Hp[i],
+    Elements<T> e(c);
+    auto terms = [&](size_t i, double (&t)[K]) {
+        for (size_t k = 0; k < K; ++k) t[k] = 0.0;
+        plusplus::accumulate(e.gv(i), kWithX ? C(e.xr(i)) : C(0), kFirst ? C(0) : Hp[i],
                              kFirst ? C(0) : vp[i], wd, kFirst, t);
     };
     // float64 throughout, even for float32 data: KOALA++'s w is a difference
     // of nearly equal products of these sums (exactly 0 for a one-element
     // tensor), and float32 block sums would leave a residue that the v
-    // recursion carries from step to step.
-    sum_blocked<double, K>(
-        c.n, out, [&](size_t i, double (&t)[K]) { terms(i, t); },
-        [&](size_t i, double (&t)[K]) { terms(i, t); });
+    // recursion carries from step to step. (So there is no float64 redo.)
+    sum_blocked<double, K>(c.n, out, terms, NoRedo{},
+                           [&](size_t i0, size_t i1) { e.open(i0, i1, kWithX, true); });
 }
 
 template <class T>
@@ -314,29 +404,22 @@ void plusplus_sums(const ChunkArgs &c, double *out) {
 template <class T>
 double plusplus_step(const ChunkArgs &c, const Coef &coef, const StepConstants &k) {
     using C = Compute<T>;
-    T *x = static_cast<T *>(c.x);
-    const T *g = static_cast<const T *>(c.g);
     C *v = static_cast<C *>(c.s0);
     C *H = static_cast<C *>(c.s1);
     const C wd = static_cast<C>(c.wd), a1 = static_cast<C>(coef.c[0]),
             lambda = static_cast<C>(coef.c[1]), w = static_cast<C>(coef.c[2]),
             cc = static_cast<C>(coef.c[3]), q = static_cast<C>(k.q),
             sigma0 = static_cast<C>(k.sigma0);
+    Elements<T> e(c);
     return with_bool((coef.flags & kFirstVisit) != 0, [&](auto first) { return with_bool(k.stochastic != 0, [&](auto sr) {
-        if constexpr (is_half<T>) {
+        for_blocks(c.n, [&](size_t i0, size_t i1) {
+            e.open(i0, i1, true, true);
 #pragma omp simd
-            for (size_t i = 0; i < c.n; ++i) {
-                C xi = ld(x[i]);
-                plusplus::step(xi, v[i], H[i], ld(g[i]), wd, a1, lambda, w, cc, q, sigma0,
+            for (size_t i = i0; i < i1; ++i)
+                plusplus::step(e.xr(i), v[i], H[i], e.gv(i), wd, a1, lambda, w, cc, q, sigma0,
                                first.value);
-                x[i] = st<T>(xi, c, i, sr.value);
-            }
-        } else {
-#pragma omp simd
-            for (size_t i = 0; i < c.n; ++i)
-                plusplus::step(x[i], v[i], H[i], g[i], wd, a1, lambda, w, cc, q, sigma0,
-                               first.value);
-        }
+            e.template close<decltype(sr)::value>(i0, i1, c.noise, c.first);
+        });
         return 0.0;
     }); });
 }
