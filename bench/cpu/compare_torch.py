@@ -15,7 +15,9 @@ In one process, with T threads everywhere (default 2), it times per step:
      PyTorch code does them (github.com/Araachie/koala koala.py,
      Sumxiaa/KOALA_Plus_Plus Task1_Image_Classification/koalap.py): a Python
      loop over the parameter tensors with per-tensor torch ops;
-  4. copy bandwidth (dst.copy_(src) of a same-size float32 tensor).
+  4. koala.torch's VanillaKOALA, MomentumKOALA and KOALAPlusPlus (the same
+     library through the drop-in classes), when koala.torch imports;
+  5. copy bandwidth (dst.copy_(src) of a same-size float32 tensor).
 Every contender runs twice: first with glibc's default allocator settings,
 then with the allocator tuned so that torch's per-step temporaries stop
 costing page faults (mallopt: mmap threshold 1 GiB, no trimming, one arena;
@@ -49,6 +51,15 @@ os.environ["OMP_NUM_THREADS"] = str(args.threads)
 import torch  # noqa: E402
 
 torch.set_num_threads(args.threads)
+
+# koala.torch, when the package is importable (bench/cpu/run.sh puts the
+# build's bindings/python on PYTHONPATH): the same library through the
+# drop-in classes a PyTorch user would run.
+try:
+    import koala.torch as koala_torch  # noqa: E402
+    koala_torch_missing = None
+except ImportError as e:
+    koala_torch, koala_torch_missing = None, f"import koala.torch: {e}"
 
 
 # ---- the layout -------------------------------------------------------------
@@ -431,7 +442,35 @@ def make_contenders(wd):
     c["official-style KOALA-M"] = (lambda s: official_step(om, s), per_param["M"])
     op = OfficialStyleKoalaPP(make_params(8), weight_decay=wd)
     c["official-style KOALA++"] = (lambda s: official_step(op, s), per_param["PP"])
+    if koala_torch is not None:
+        # What a PyTorch user runs: the drop-in classes, with the official loop's
+        # 0-dim loss tensors, on nn.Parameters.
+        def torch_params(seed):
+            params = []
+            for p in make_params(seed):
+                q = torch.nn.Parameter(p)
+                q.grad = p.grad
+                params.append(q)
+            return params
+        # koala.torch refuses an update whose gradients did not change since the
+        # last one (a forgotten backward()); a backward with set_to_none gives
+        # new gradient tensors, which this does, untimed, for the same memory.
+        def new_grads(params):
+            return lambda: [setattr(q, "grad", q.grad.detach()) for q in params]
+        tv = koala_torch.VanillaKOALA(torch_params(9), sigma=0.1, weight_decay=wd,
+                                      threads=args.threads)
+        c["koala.torch KOALA-V"] = (lambda s: official_step(tv, s), per_param["V"])
+        UNTIMED_BEFORE["koala.torch KOALA-V"] = new_grads(tv.param_groups[0]["params"])
+        tm = koala_torch.MomentumKOALA(torch_params(10), weight_decay=wd, threads=args.threads)
+        c["koala.torch KOALA-M"] = (lambda s: official_step(tm, s), per_param["M"])
+        UNTIMED_BEFORE["koala.torch KOALA-M"] = new_grads(tm.param_groups[0]["params"])
+        tp = koala_torch.KOALAPlusPlus(torch_params(11), weight_decay=wd, threads=args.threads)
+        c["koala.torch KOALA++"] = (lambda s: official_step(tp, s), per_param["PP"])
+        UNTIMED_BEFORE["koala.torch KOALA++"] = new_grads(tp.param_groups[0]["params"])
     return c
+
+
+UNTIMED_BEFORE = {}  # contender -> what to run, untimed, before each of its steps
 
 
 def time_contenders(contenders, label):
@@ -440,6 +479,8 @@ def time_contenders(contenders, label):
     total = args.warmup + args.steps
     for s in range(total):
         for name, (step, _) in contenders.items():
+            if name in UNTIMED_BEFORE:
+                UNTIMED_BEFORE[name]()
             f0 = minor_faults()
             t0 = time.perf_counter()
             step(s)
@@ -527,6 +568,14 @@ def main():
     print(f"  libkoala KOALA-M fused vs official-style KOALA-M: {fused:.2f}x")
     for m in ("KOALA-V", "KOALA-M", "KOALA++"):
         print(f"  libkoala {m:8s} vs {adam}: {best[adam] / best[f'libkoala {m}']:.2f}x")
+    if koala_torch is not None:
+        for m in ("KOALA-V", "KOALA-M", "KOALA++"):
+            ratio = best[f"official-style {m}"] / best[f"koala.torch {m}"]
+            print(f"  koala.torch {m:8s} vs official-style {m:8s}: {ratio:.2f}x "
+                  f"(koala.torch / libkoala through ctypes: "
+                  f"{best[f'koala.torch {m}'] / best[f'libkoala {m}']:.2f})")
+    else:
+        print(f"  koala.torch: not measured ({koala_torch_missing})")
 
     small = small_tensor_overhead()
     print("\nmany small tensors (500 float32 tensors of 100-106 elements, libkoala host path "

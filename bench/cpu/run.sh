@@ -16,9 +16,19 @@ echo "== machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d:
 echo "== koala_cpu_bench (OMP_NUM_THREADS=$threads)"
 "$build/bench/cpu/koala_cpu_bench" ${KOALA_BENCH_ARGS:-}
 echo
-echo "== compare_torch.py (threads=$threads)"
+# koala.torch is measured too, from the build's Python package when it has one.
+[ -d "$build/bindings/python/koala" ] && export PYTHONPATH="$build/bindings/python${PYTHONPATH:+:$PYTHONPATH}"
+echo "== compare_torch.py, Debian's torch (threads=$threads)"
 if /usr/bin/python3 -c 'import torch' 2>/dev/null; then
   /usr/bin/python3 "$here/compare_torch.py" "$build/libkoala.so" --threads "$threads" ${KOALA_TORCH_ARGS:-}
 else
   echo "skipped: Debian's python3-torch is not installed (sudo bash tools/deps/bench.sh)"
+fi
+pypi=$here/../../.venv/torch-pypi/bin/python
+echo
+echo "== compare_torch.py, PyPI's torch (threads=$threads)"
+if [ -x "$pypi" ] && "$pypi" -c 'import torch' 2>/dev/null; then
+  "$pypi" "$here/compare_torch.py" "$build/libkoala.so" --threads "$threads" ${KOALA_TORCH_ARGS:-}
+else
+  echo "skipped: no .venv/torch-pypi (sudo bash tools/deps/torch-pypi.sh)"
 fi
