@@ -113,23 +113,38 @@ def _is_numpy(x):
     return type(x).__module__ == "numpy" and hasattr(x, "flags")
 
 
+_TORCH_DTYPE_NAMES = {}     # torch dtype -> dtype_name(dtype), filled as they are seen
+
+
+def _torch_dtype_name(dtype):
+    name = _TORCH_DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _TORCH_DTYPE_NAMES[dtype] = dtype_name(dtype)
+    return name
+
+
 def _from_torch(x):
     if x.is_sparse or x.layout != _torch_strided(x):
-        return ArrayView(handle=0, dtype=dtype_name(x.dtype), size=x.numel(), device="cpu",
-                         contiguous=False, writable=False)
+        return ArrayView(handle=0, dtype=_torch_dtype_name(x.dtype), size=x.numel(),
+                         device="cpu", contiguous=False, writable=False)
     dev = x.device
     device = "cpu" if dev.type == "cpu" else f"{dev.type}:{dev.index if dev.index is not None else 0}"
     if x.is_contiguous():
         dense, order = True, None
     else:
         dense, order = dense_order(x.shape, x.stride())
-    return ArrayView(handle=x.data_ptr(), dtype=dtype_name(x.dtype), size=x.numel(),
+    return ArrayView(handle=x.data_ptr(), dtype=_torch_dtype_name(x.dtype), size=x.numel(),
                      device=device, contiguous=dense, writable=True, order=order)
 
 
+_STRIDED = []
+
+
 def _torch_strided(x):
-    import torch
-    return torch.strided
+    if not _STRIDED:
+        import torch
+        _STRIDED.append(torch.strided)
+    return _STRIDED[0]
 
 
 def _from_numpy(x):

@@ -320,6 +320,24 @@ class Optimizer:
                               stream)
         del keep_p, keep_g
 
+    # ---- the step on checked addresses (koala.torch's hot path) ---------------
+    # The caller has checked the arrays behind these handles the way
+    # _pointers does (dtype, element count, device, density, element order)
+    # and keeps them alive during the call; the library still refuses NULL
+    # params, misaligned addresses and a wrong phase with its own error.
+    def _predict_handles(self, params, stream=None):
+        capi.koala_predict(self._live(), params, stream)
+
+    def _update_handles(self, loss, loss_var, params, grads, stream=None):
+        handle = self._live()
+        dev = self._device_loss(loss, loss_var)
+        if dev is not None:
+            capi.koala_update_ptr(handle, dev[0].handle, dev[1].handle, _DTYPES[dev[0].dtype],
+                                  params, grads, stream)
+        else:
+            capi.koala_update(handle, _scalar(loss, "loss"), _scalar(loss_var, "loss_var"),
+                              params, grads, stream)
+
     def _device_loss(self, loss, loss_var):
         """(loss view, loss_var view) when both are device scalars of one float
         dtype on this optimizer's device; None for host values."""

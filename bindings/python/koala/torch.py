@@ -51,6 +51,7 @@ Many processes (torch.distributed initialised with more than one process):
 """
 import functools
 import math
+import operator
 import warnings
 import weakref
 
@@ -93,6 +94,18 @@ def _local(p):
     return p
 
 
+# The per-step hot path reads tensor attributes with map() over these (one C
+# call per tensor, no Python frame): about 50 ns a tensor each.
+_DATA_PTR = torch.Tensor.data_ptr
+_NUMEL = torch.Tensor.numel
+_GET_DEVICE = torch.Tensor.get_device
+_IS_CONTIGUOUS = torch.Tensor.is_contiguous
+_STRIDE = torch.Tensor.stride
+_GRAD = operator.attrgetter("grad")
+_DTYPE = operator.attrgetter("dtype")
+_VERSION = operator.attrgetter("_version")
+
+
 class _Bucket:
     """One libkoala optimizer: the parameters of one (device, dtype), in group
     order (`params`, their group indices), the ones this process updates
@@ -102,13 +115,24 @@ class _Bucket:
         self.key = key
         self.params = params
         self.groups = groups
+        self.group_ids = sorted(set(groups))
         self.mine = []
         self.engine = None
         self.phase = 0          # 0 updated (predict next), 1 predicted
         self.lrs = None         # the per-tensor lr / weight decay last given
         self.wds = None
         self.layouts = None     # (dtype, device, stride) of each local piece when bound
-        self.last_grads = None  # (id, _version) of the gradients of the last update
+        self.last_grads = None  # _grad_marks of the gradients of the last update
+        self.group_values = None  # the groups' (lr, weight_decay) behind lrs / wds
+        # The per-step path of a bucket of plain tensors (no DTensor): its
+        # parameters are their own local tensors (`locals`), checked once by
+        # the engine and then known by their addresses (`ptrs`, None: check
+        # them at the next call); `expect`: what a gradient must be like to
+        # go to the library as it is (see _KOALABase._fast_grads).
+        self.fast = False
+        self.locals = []
+        self.ptrs = None
+        self.expect = None
 
 
 class _KOALABase(torch.optim.Optimizer):
@@ -216,6 +240,7 @@ class _KOALABase(torch.optim.Optimizer):
     def _make_engine(self, b, mode, keep_state):
         world, rank = self._world() if mode else (1, 0)
         locals_ = [_local(p) for p in b.params]
+        b.fast = all(t is p for t, p in zip(locals_, b.params))   # no DTensor
         if mode == "partition":
             owners = _partition([p.numel() for p in b.params], world)
             b.mine = [i for i, o in enumerate(owners) if o == rank]
@@ -224,6 +249,7 @@ class _KOALABase(torch.optim.Optimizer):
             b.mine = [i for i, t in enumerate(locals_) if t.numel() > 0]
             b.owners = None
         pieces = [locals_[i] for i in b.mine]
+        b.locals = pieces if b.fast else []
         device = torch.device(b.key[0])
         config = dict(self._engine_config())
         if mode is None:
@@ -313,6 +339,8 @@ class _KOALABase(torch.optim.Optimizer):
         b.buffers = buffers
         b.layouts = [_layout(_local(b.params[i])) for i in b.mine]
         b.lrs = b.wds = None
+        b.group_values = None
+        b.ptrs = None
 
     def add_param_group(self, param_group):
         super().add_param_group(param_group)
@@ -324,6 +352,20 @@ class _KOALABase(torch.optim.Optimizer):
         or element order since they were bound (model.double(), .to(...),
         .to(memory_format=...)): the state follows them."""
         for b in self._buckets:
+            if b.ptrs is not None:
+                # Checked before: unchanged while the addresses are (one
+                # data_ptr() a tensor). A new dtype, device or memory format
+                # (model.double(), .to(...), p.data = ...) means new memory,
+                # so new addresses. Not noticed: a view of the same memory
+                # put in place of the data (p.data = p.data.t()); gradients
+                # in its new order are still paired right (_fast_grads sends
+                # them through _grads), a hand-made C-order one is not.
+                try:
+                    if list(map(_DATA_PTR, b.locals)) == b.ptrs:
+                        continue
+                except RuntimeError:    # no storage (sparse): the checks below say so
+                    pass
+                b.ptrs = None           # check them again at the engine call
             locals_ = [_local(b.params[i]) for i in b.mine]
             same_key = all((str(t.device), t.dtype) == b.key for t in locals_)
             if same_key and [_layout(t) for t in locals_] == b.layouts:
@@ -348,9 +390,11 @@ class _KOALABase(torch.optim.Optimizer):
             if b.phase == 1:
                 continue
             if b.engine is not None:
-                params = self._engine_params(b)
                 with _on_device(b):
-                    b.engine.predict(params, stream=_stream(b))
+                    if b.fast:
+                        b.engine._predict_handles(self._param_ptrs(b), stream=_stream(b))
+                    else:
+                        b.engine.predict(self._engine_params(b), stream=_stream(b))
             b.phase = 1
             if b.owners is not None and self._method == "momentum":
                 self._broadcast(b)
@@ -364,20 +408,31 @@ class _KOALABase(torch.optim.Optimizer):
         self._sync_layout()
         loss, loss_var = self._check_losses(loss, loss_var)
         loss, loss_var = self._average(loss, loss_var)
-        grads_of = [self._grads(b) for b in self._buckets]
-        self._check_backward(grads_of)
-        for b, grads in zip(self._buckets, grads_of):
+        # Per bucket: the parameters' gradients as they are (for the marks),
+        # and what goes to the library: their addresses where they can go as
+        # they are (_fast_grads), else gradient tensors (converted where
+        # needed by _grads; the engine checks them).
+        grads_of = []
+        for b in self._buckets:
+            raw, gptrs = self._fast_grads(b) if b.fast else (self._raw_grads(b), None)
+            grads_of.append((raw, gptrs, self._grads(b) if gptrs is None else None))
+        self._check_backward([raw for raw, _, _ in grads_of])
+        for b, (raw, gptrs, grads) in zip(self._buckets, grads_of):
             if b.phase == 0:
                 raise BadState("update() without predict(): call predict() before the forward "
                                "pass of every iteration")
             self._push_group_values(b)
             if b.engine is not None:
-                params = self._engine_params(b)
                 with _on_device(b):
                     loss_arg, var_arg = _loss_args(loss, loss_var, torch.device(b.key[0]))
-                    b.engine.update(loss_arg, var_arg, params, grads, stream=_stream(b))
+                    if gptrs is not None:
+                        b.engine._update_handles(loss_arg, var_arg, self._param_ptrs(b), gptrs,
+                                                 stream=_stream(b))
+                    else:
+                        b.engine.update(loss_arg, var_arg, self._engine_params(b), grads,
+                                        stream=_stream(b))
             b.phase = 0
-            b.last_grads = _grad_marks(b, grads)
+            b.last_grads = _grad_marks(raw)
             if b.owners is not None:
                 self._broadcast(b)
         # torch's lr schedulers check that the optimizer stepped before them:
@@ -391,6 +446,67 @@ class _KOALABase(torch.optim.Optimizer):
 
     def _engine_params(self, b):
         return [_local(b.params[i]) for i in b.mine]
+
+    def _param_ptrs(self, b):
+        """The parameters' addresses for the library (a bucket of plain
+        tensors): checked by the engine the first time and after they moved
+        (its InvalidArgument names the problem), then reused while
+        _sync_layout finds them at the same addresses."""
+        if b.ptrs is None:
+            params = b.locals
+            ptrs, _, _ = b.engine._param_pointers(params)
+            if not all(type(h) is int for h in ptrs):
+                return ptrs             # not data_ptr()s: checked at every call
+            contiguous = all(map(_IS_CONTIGUOUS, params))
+            b.expect = (list(map(_NUMEL, params)), [b.key[1]] * len(params),
+                        list(map(_GET_DEVICE, params)), contiguous,
+                        None if contiguous else list(map(_STRIDE, params)))
+            b.ptrs = ptrs
+        return b.ptrs
+
+    def _raw_grads(self, b):
+        return [b.params[i].grad for i in b.mine]
+
+    def _fast_grads(self, b):
+        """(the gradients as they are, their addresses) when every gradient
+        can go to the library as it is: dense, the parameter's element count,
+        dtype, device and element order (C order, or the parameter's
+        strides); addresses None otherwise (then _grads converts them and the
+        engine checks them, naming what is wrong). No gradient: None. (torch
+        gives a gradient the parameter's shape, dtype and device when it is
+        set; these checks are for gradients that outlived a change of the
+        parameter, p.data = ..., and cost about 30 ns a tensor each.)"""
+        raw = list(map(_GRAD, b.locals))
+        if b.engine is None or b.ptrs is None:
+            return raw, None
+        numels, dtypes, devices, contiguous, strides = b.expect
+        have = raw
+        try:
+            try:
+                ok = list(map(_NUMEL, raw)) == numels
+            except TypeError:              # some have no gradient (None)
+                index = [i for i, g in enumerate(raw) if g is not None]
+                have = [raw[i] for i in index]
+                numels = [numels[i] for i in index]
+                dtypes, devices = dtypes[:len(index)], [devices[i] for i in index]
+                if strides is not None:
+                    strides = [strides[i] for i in index]
+                ok = list(map(_NUMEL, have)) == numels
+            ok = ok and list(map(_DTYPE, have)) == dtypes and \
+                list(map(_GET_DEVICE, have)) == devices and \
+                (all(map(_IS_CONTIGUOUS, have)) if contiguous else
+                 list(map(_STRIDE, have)) == strides)
+            if not ok:
+                return raw, None
+            ptrs = list(map(_DATA_PTR, have))   # a sparse gradient raises here
+        except (TypeError, RuntimeError):
+            return raw, None
+        if have is not raw:
+            full = [None] * len(raw)
+            for i, p in zip(index, ptrs):
+                full[i] = p
+            ptrs = full
+        return raw, ptrs
 
     def _grads(self, b):
         out = []
@@ -415,13 +531,14 @@ class _KOALABase(torch.optim.Optimizer):
 
     def _check_backward(self, grads_of):
         """update() after a forgotten backward(): no gradient at all, or exactly
-        the gradients (same tensors, unchanged) of the previous update."""
-        have = [g for grads in grads_of for g in grads if g is not None]
+        the gradients (same tensors, unchanged) of the previous update.
+        grads_of: each bucket's gradients as the parameters have them."""
+        have = any(g is not None for grads in grads_of for g in grads)
         pieces = sum(len(b.mine) for b in self._buckets)
         if not have and pieces and self._sharding_mode() is None:
             raise BadState("update(): no parameter has a gradient; call loss.backward() between "
                            "predict() and update() (the optimizer is still predicted)")
-        if have and all(b.last_grads is not None and b.last_grads == _grad_marks(b, grads)
+        if have and all(b.last_grads is not None and _same_grads(b.last_grads, grads)
                         for b, grads in zip(self._buckets, grads_of)):
             raise BadState("update(): the gradients are unchanged since the last update(); did "
                            "you forget loss.backward()? (the optimizer is still predicted)")
@@ -487,8 +604,14 @@ class _KOALABase(torch.optim.Optimizer):
             dist.broadcast(p.data, src=_global_rank(group, owner), group=group)
 
     def _push_group_values(self, b):
-        lrs = [float(self.param_groups[g]["lr"]) for g in b.groups]
-        wds = [float(self.param_groups[g]["weight_decay"]) for g in b.groups]
+        groups = self.param_groups
+        values = [(float(groups[g]["lr"]), float(groups[g]["weight_decay"]))
+                  for g in b.group_ids]
+        if values == b.group_values:
+            return                  # the per-tensor values follow from these
+        per_group = dict(zip(b.group_ids, values))
+        lrs = [per_group[g][0] for g in b.groups]
+        wds = [per_group[g][1] for g in b.groups]
         if b.engine is None:
             return
         if lrs != b.lrs:
@@ -497,6 +620,7 @@ class _KOALABase(torch.optim.Optimizer):
         if wds != b.wds:
             b.engine.set_tensor_weight_decay(wds)
             b.wds = wds
+        b.group_values = values
 
     # ---- inspection and checkpoints ----------------------------------------------
     def koala_info(self):
@@ -558,6 +682,7 @@ class _KOALABase(torch.optim.Optimizer):
             if b.engine is not None:
                 b.phase = 1 if b.engine.info(stream=_stream(b)).phase else 0
             b.lrs = b.wds = None
+            b.group_values = None
             b.last_grads = None
 
     def _check_loaded_state(self, state, by_id):
@@ -675,22 +800,30 @@ def _like_param(p, local):
     return local
 
 
-class _GradMark:
-    """Which gradient tensor a parameter had, and its version: a weak reference,
-    so that a freed gradient (zero_grad(set_to_none=True)) is never taken for
-    the same one."""
-
-    def __init__(self, grad):
-        self.ref = weakref.ref(grad)
-        self.version = grad._version
-
-    def __eq__(self, other):
-        mine, theirs = self.ref(), other.ref()
-        return mine is not None and mine is theirs and self.version == other.version
+def _grad_marks(grads):
+    """Which gradient tensor each parameter had (None: none), and its version:
+    weak references, so that a freed gradient (zero_grad(set_to_none=True))
+    is never taken for the same one."""
+    try:
+        return list(map(weakref.ref, grads)), list(map(_VERSION, grads))
+    except TypeError:               # some are None
+        return ([None if g is None else weakref.ref(g) for g in grads],
+                [None if g is None else g._version for g in grads])
 
 
-def _grad_marks(b, grads):
-    return [None if g is None else _GradMark(b.params[i].grad) for i, g in zip(b.mine, grads)]
+def _same_grads(marks, grads):
+    """The parameters have exactly the gradients of `marks` (same tensors,
+    same versions, None where it had None)."""
+    refs, versions = marks
+    if len(refs) != len(grads):
+        return False
+    for ref, version, g in zip(refs, versions, grads):
+        if ref is None:
+            if g is not None:
+                return False
+        elif g is None or ref() is not g or g._version != version:
+            return False
+    return True
 
 
 def _partition(sizes, world):
