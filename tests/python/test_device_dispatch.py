@@ -128,3 +128,32 @@ def test_device_sharded_create_passes_the_callable(recorder):
     call = recorder[-1]
     assert call[0] == "koala_create_sharded" and call[2:7] == ([4], 3, [2], 12, allreduce)
     assert call[8] == capi.KOALA_DEVICE and opt.n_global == 3
+
+
+def test_device_calls_default_to_the_frameworks_current_stream(recorder, monkeypatch):
+    """stream=None on a device optimizer is torch's current stream of the
+    optimizer's device (not the legacy default stream, which does not wait for
+    work torch queued on a side stream); an explicit stream is kept, and host
+    optimizers pass NULL."""
+    asked = []
+
+    class FakeStream:
+        def __init__(self, index):
+            asked.append(index)
+            self.cuda_stream = 0x5000 + index
+
+    fake_torch = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        is_initialized=lambda: True, current_stream=FakeStream))
+    monkeypatch.setitem(__import__("sys").modules, "torch", fake_torch)
+    params = [FakeDeviceArray(4, 0x1000, device_id=1)]
+    opt = koala.Optimizer("momentum", params, device="cuda:1")
+    opt.predict(params)
+    assert recorder[-1] == ("koala_predict", "HANDLE", [0x1000], 0x5001)
+    assert asked == [1]
+    opt.update(0.5, 0.3, params, [FakeDeviceArray(4, 0x3000, device_id=1)])
+    assert recorder[-1][-1] == 0x5001
+    opt.predict(params, stream=0xABC)
+    assert recorder[-1][-1] == 0xABC
+    monkeypatch.setattr(optimizer, "capi", capi)
+    host = koala.Optimizer("vanilla", [4])
+    assert host._stream(None) is None

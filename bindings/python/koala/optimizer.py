@@ -22,6 +22,7 @@ Beyond the one-call step (koala.h "Since 1.1"):
     weight decay; posterior(): the posterior weights (fused_predict).
 """
 import math
+import sys
 from dataclasses import dataclass
 
 from . import arrays, capi
@@ -253,6 +254,23 @@ class Optimizer:
             raise InvalidArgument("this optimizer was closed")
         return self._handle
 
+    def _stream(self, stream):
+        """The CUDA stream of a call. None on a device optimizer means the
+        current stream of the framework that made the arrays (torch, else
+        CuPy), so that the backward pass queued there comes first; the legacy
+        default stream (NULL) only where neither is in use. Host: None."""
+        if stream is not None or self.device == "cpu":
+            return stream
+        index = int(self.device.partition(":")[2] or 0)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            return torch.cuda.current_stream(index).cuda_stream
+        cupy = sys.modules.get("cupy")
+        if cupy is not None:
+            with cupy.cuda.Device(index):
+                return cupy.cuda.get_current_stream().ptr
+        return None
+
     # ---- arrays -----------------------------------------------------------
     def _pointers(self, tensors, name, writable, allow_none, dtype=None, like=None):
         """Handles for the C call, the objects to keep alive during it, and the
@@ -295,10 +313,10 @@ class Optimizer:
         if params is None:
             if self.method == capi.KOALA_MOMENTUM and self.sizes:
                 raise InvalidArgument("params is None; KOALA-M's predict moves the parameters")
-            capi.koala_predict(handle, None, stream)
+            capi.koala_predict(handle, None, self._stream(stream))
             return
         ptrs, keep, _ = self._param_pointers(params)
-        capi.koala_predict(handle, ptrs, stream)
+        capi.koala_predict(handle, ptrs, self._stream(stream))
         del keep
 
     def update(self, loss, loss_var, params, grads, stream=None):
@@ -314,10 +332,10 @@ class Optimizer:
         dev = self._device_loss(loss, loss_var)
         if dev is not None:
             capi.koala_update_ptr(handle, dev[0].handle, dev[1].handle, _DTYPES[dev[0].dtype],
-                                  p, g, stream)
+                                  p, g, self._stream(stream))
         else:
             capi.koala_update(handle, _scalar(loss, "loss"), _scalar(loss_var, "loss_var"), p, g,
-                              stream)
+                              self._stream(stream))
         del keep_p, keep_g
 
     # ---- the step on checked addresses (koala.torch's hot path) ---------------
@@ -326,17 +344,17 @@ class Optimizer:
     # and keeps them alive during the call; the library still refuses NULL
     # params, misaligned addresses and a wrong phase with its own error.
     def _predict_handles(self, params, stream=None):
-        capi.koala_predict(self._live(), params, stream)
+        capi.koala_predict(self._live(), params, self._stream(stream))
 
     def _update_handles(self, loss, loss_var, params, grads, stream=None):
         handle = self._live()
         dev = self._device_loss(loss, loss_var)
         if dev is not None:
             capi.koala_update_ptr(handle, dev[0].handle, dev[1].handle, _DTYPES[dev[0].dtype],
-                                  params, grads, stream)
+                                  params, grads, self._stream(stream))
         else:
             capi.koala_update(handle, _scalar(loss, "loss"), _scalar(loss_var, "loss_var"),
-                              params, grads, stream)
+                              params, grads, self._stream(stream))
 
     def _device_loss(self, loss, loss_var):
         """(loss view, loss_var view) when both are device scalars of one float
@@ -368,7 +386,7 @@ class Optimizer:
         p, keep_p, pv = self._param_pointers(params)
         g, keep_g, _ = self._pointers(grads, "grads", writable=False, allow_none=True, like=pv)
         s, keep_s = self._sums(sums, writable=True)
-        capi.koala_update_begin(handle, p, g, s, stream)
+        capi.koala_update_begin(handle, p, g, s, self._stream(stream))
         del keep_p, keep_g, keep_s
 
     def update_end(self, loss, loss_var, params, grads, sums, stream=None):
@@ -380,10 +398,10 @@ class Optimizer:
         dev = self._device_loss(loss, loss_var)
         if dev is not None:
             capi.koala_update_end_ptr(handle, dev[0].handle, dev[1].handle,
-                                      _DTYPES[dev[0].dtype], p, g, s, stream)
+                                      _DTYPES[dev[0].dtype], p, g, s, self._stream(stream))
         else:
             capi.koala_update_end(handle, _scalar(loss, "loss"), _scalar(loss_var, "loss_var"),
-                                  p, g, s, stream)
+                                  p, g, s, self._stream(stream))
         del keep_p, keep_g, keep_s
 
     def _sums(self, sums, writable):
@@ -430,7 +448,7 @@ class Optimizer:
         """Writes the initial state (zero buffers, the config's scalars) into
         caller arrays (caller_state=True)."""
         b, s, keep = self._state_pointers(buffers, scalars)
-        capi.koala_state_init(self._live(), b, s, stream)
+        capi.koala_state_init(self._live(), b, s, self._stream(stream))
         del keep
 
     def bind_state(self, buffers, scalars):
@@ -452,33 +470,33 @@ class Optimizer:
         i steps with lr * scales[i]."""
         capi.koala_set_tensor_lr(self._live(), None if scales is None else
                                  [_scalar(x, f"scales[{i}]") for i, x in enumerate(scales)],
-                                 stream)
+                                 self._stream(stream))
 
     def set_tensor_weight_decay(self, weight_decays, stream=None):
         """Per-tensor weight decay (one per global tensor; None: the config's)."""
         capi.koala_set_tensor_weight_decay(
             self._live(), None if weight_decays is None else
-            [_scalar(x, f"weight_decays[{i}]") for i, x in enumerate(weight_decays)], stream)
+            [_scalar(x, f"weight_decays[{i}]") for i, x in enumerate(weight_decays)], self._stream(stream))
 
     def posterior(self, params, out, stream=None):
         """Writes the posterior weights of the last update into `out` (arrays like
         params): with fused_predict the parameters hold the next prediction."""
         p, keep_p, pv = self._param_pointers(params)
         o, keep_o, _ = self._pointers(out, "out", writable=True, allow_none=False, like=pv)
-        capi.koala_posterior(self._live(), p, o, stream)
+        capi.koala_posterior(self._live(), p, o, self._stream(stream))
         del keep_p, keep_o
 
     def info(self, stream=None):
         """An Info (steps, skipped_steps, sigma, p00, p01, p11, r, qw, lr, threads,
         phase). A CUDA optimizer waits for `stream` first."""
-        return Info(**capi.koala_get_info(self._live(), stream))
+        return Info(**capi.koala_get_info(self._live(), self._stream(stream)))
 
     # ---- checkpoint ---------------------------------------------------------
     def state_dict(self, stream=None):
         """The checkpoint: libkoala's versioned, checksummed bytes."""
         handle = self._live()
         buf = bytearray(capi.koala_state_size(handle))
-        capi.koala_state_save(handle, buf, stream)
+        capi.koala_state_save(handle, buf, self._stream(stream))
         return bytes(buf)
 
     def load_state_dict(self, state, stream=None):
@@ -486,7 +504,7 @@ class Optimizer:
         if not isinstance(state, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"state must be the bytes of state_dict(); got "
                                   f"{type(state).__name__}")
-        capi.koala_state_load(self._live(), bytes(state), stream)
+        capi.koala_state_load(self._live(), bytes(state), self._stream(stream))
 
     def __repr__(self):
         return (f"koala.Optimizer({METHOD_NAMES[self.method]!r}, {len(self.sizes)} tensors, "
