@@ -68,6 +68,7 @@ typedef struct bench_result {
     char name[64];
     double bytes;          /* per step */
     double cold_ms, warm_ms; /* medians */
+    double read_only_bytes;  /* of bytes, those of the read-only sums pass */
 } bench_result;
 
 static double now_seconds(void) {
@@ -176,6 +177,38 @@ static void evict_caches(void) {
     evict_sink = s;
 }
 
+/* Bandwidth of a read-only pass over two arrays of n floats (three sums of
+ * products, as KOALA's norm pass reads g and x): on the project's VM this
+ * reaches only about 3/4 of the read-modify-write stream's bytes per second,
+ * so a step's sums pass cannot run at the stream's speed. Median of reps. */
+static double read_gbps(size_t n, int reps) {
+    float *x = xmalloc(n * sizeof *x), *y = xmalloc(n * sizeof *y);
+    double *times = xmalloc((size_t)reps * sizeof *times);
+    fill(x, n, KOALA_FLOAT32, 1.0, 3);
+    fill(y, n, KOALA_FLOAT32, 1.0, 4);
+    double sink = 0.0;
+    for (int r = -2; r < reps; ++r) {
+        evict_caches();
+        const double t0 = now_seconds();
+        float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f;
+        long i;
+#pragma omp parallel for simd schedule(static) reduction(+ : s0, s1, s2)
+        for (i = 0; i < (long)n; ++i) {
+            s0 += x[i] * x[i];
+            s1 += x[i] * y[i];
+            s2 += y[i] * y[i];
+        }
+        if (r >= 0) times[r] = now_seconds() - t0;
+        sink += s0 + s1 + s2;
+    }
+    evict_sink = (float)sink;
+    const double gbps = 2.0 * (double)n * sizeof(float) / median(times, reps) / 1e9;
+    free(x);
+    free(y);
+    free(times);
+    return gbps;
+}
+
 /* The bytes one step must move, per parameter (ALGORITHM.md section 10 and
  * the fusions libkoala implements; E = parameter element, S = state element). */
 static double bytes_per_param(const variant *v, int with_wd, double E, double S) {
@@ -195,11 +228,19 @@ static double bytes_per_param(const variant *v, int with_wd, double E, double S)
     }
 }
 
+/* Of those, the bytes of the sums pass, which only reads. */
+static double read_only_bytes_per_param(const variant *v, int with_wd, double E, double S) {
+    const double x = E, g = E;
+    return g + (with_wd ? x : 0) + (v->method == KOALA_PLUSPLUS ? 2 * S : 0);
+}
+
 static void run_config(const variant *v, koala_dtype dtype, double wd, const size_t *sizes,
                        size_t n_total, const bench_options *o, bench_result *res) {
     const size_t elem = elem_size(dtype);
     const double state_elem = dtype == KOALA_FLOAT64 ? 8 : 4;
     res->bytes = bytes_per_param(v, wd != 0.0, (double)elem, state_elem) * (double)n_total;
+    res->read_only_bytes =
+        read_only_bytes_per_param(v, wd != 0.0, (double)elem, state_elem) * (double)n_total;
 
     char *x_all = xmalloc(n_total * elem), *g_all = xmalloc(n_total * elem);
     fill(x_all, n_total, dtype, 0.1, 11);
@@ -328,29 +369,41 @@ int main(int argc, char **argv) {
     stream_gbps(n_total, reps, &bw_med2, &bw_best2);
     if (bw_med2 > bw_med) bw_med = bw_med2;
     if (bw_best2 > bw_best) bw_best = bw_best2;
+    const double bw_read = read_gbps(n_total, reps);
     printf("\nstream y += s*x over %zu floats, %d threads: %.1f GB/s median, %.1f GB/s best\n"
-           "(the byte floor below uses the median)\n\n", n_total, o.threads, bw_med, bw_best);
+           "(the byte floor below uses the median); a read-only pass over two such arrays\n"
+           "(three sums of products, as the norm pass): %.1f GB/s median\n\n",
+           n_total, o.threads, bw_med, bw_best, bw_read);
 
-    printf("| configuration                  | B/param | floor ms | cold ms | x floor | warm ms | x floor | goal <= 1.2x |\n");
-    printf("|--------------------------------|---------|----------|---------|---------|---------|---------|--------------|\n");
-    int missed = 0;
+    printf("| configuration                  | B/param | floor ms | cold ms | x floor | warm ms | x floor | goal <= 1.2x | x pass floor cold / warm |\n");
+    printf("|--------------------------------|---------|----------|---------|---------|---------|---------|--------------|--------------------------|\n");
+    int missed = 0, missed_pass = 0;
     for (int i = 0; i < n; ++i) {
         const bench_result *r = &results[i];
         const double floor_ms = 1e3 * r->bytes / (bw_med * 1e9);
         const double cold = r->cold_ms / floor_ms, warm = r->warm_ms / floor_ms;
+        /* The sums pass at the read-only bandwidth, the rest at the stream's. */
+        const double pass_floor_ms = 1e3 * (r->read_only_bytes / (bw_read * 1e9) +
+                                            (r->bytes - r->read_only_bytes) / (bw_med * 1e9));
+        const double cold_pass = r->cold_ms / pass_floor_ms, warm_pass = r->warm_ms / pass_floor_ms;
         /* The goal (issue 16) is for every method with weight decay. */
         const int has_goal = strstr(r->name, "wd=0.0005") != NULL;
         const int met = cold <= 1.2 && warm <= 1.2;
         missed += has_goal && !met;
-        printf("| %-30s | %7.0f | %8.2f | %7.2f | %7.2f | %7.2f | %7.2f | %-12s |\n", r->name,
-               r->bytes / (double)n_total, floor_ms, r->cold_ms, cold, r->warm_ms, warm,
-               has_goal ? (met ? "met" : "MISSED") : "-");
+        missed_pass += has_goal && !(cold_pass <= 1.2 && warm_pass <= 1.2);
+        printf("| %-30s | %7.0f | %8.2f | %7.2f | %7.2f | %7.2f | %7.2f | %-12s | %11.2f / %-10.2f |\n",
+               r->name, r->bytes / (double)n_total, floor_ms, r->cold_ms, cold, r->warm_ms, warm,
+               has_goal ? (met ? "met" : "MISSED") : "-", cold_pass, warm_pass);
     }
     printf("\nx floor = median step time / (bytes moved / median stream bandwidth); 1.00 is stream\n"
-           "speed, below 1 means part of the data came from cache (warm runs).\n");
+           "speed, below 1 means part of the data came from cache (warm runs). x pass floor: the\n"
+           "same with the sums pass's bytes at the read-only bandwidth.\n");
     printf("goal (issue 16: every method with weight decay <= 1.2x its byte floor, cold and warm): "
            "%s\n", missed ? "MISSED" : "met");
     if (missed) printf("  %d configuration(s) miss it (marked MISSED above)\n", missed);
+    printf("the same against the per-pass floor: %s", missed_pass ? "MISSED" : "met");
+    if (missed_pass) printf(" (%d configuration(s))", missed_pass);
+    printf("\n");
     free(evict_buffer);
     return 0;
 }
