@@ -350,3 +350,13 @@ def test_torch_compile_model_in_the_loop():
         step(eager, a, x, y)
         step(compiled, b, x, y)
     close(eager, compiled_net, 1e-4)
+
+
+def test_step_names_the_calling_contract_and_the_zero_alternative():
+    """KOALA has no step(): the error says what to call instead, and what to use
+    where a wrapper (ZeroRedundancyOptimizer) would call step()."""
+    from koala.torch import MomentumKOALA
+    p = torch.nn.Parameter(torch.zeros(3))
+    opt = MomentumKOALA([p])
+    with pytest.raises(NotImplementedError, match=r"predict\(\).*update\(.*sharding='partition'"):
+        opt.step()

@@ -442,7 +442,10 @@ class _KOALABase(torch.optim.Optimizer):
 
     def step(self, closure=None):
         raise NotImplementedError("KOALA has no step(): call predict() before the forward pass "
-                                  "and update(loss_mean, loss_var) after backward")
+                                  "and update(loss_mean, loss_var) after backward (wrappers "
+                                  "that call step(), such as ZeroRedundancyOptimizer, cannot "
+                                  "drive KOALA: for ZeRO-style partitioning pass "
+                                  "sharding='partition')")
 
     def _engine_params(self, b):
         return [_local(b.params[i]) for i in b.mine]
