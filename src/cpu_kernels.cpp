@@ -211,6 +211,8 @@ struct Elements {  // float32, float64: the tensors themselves
     void open(size_t, size_t, bool, bool) {}
     template <bool kStochastic>
     void close(size_t, size_t, uint32_t, uint64_t) {}
+    template <bool kStochastic>
+    void round(size_t, size_t, uint32_t, uint64_t) {}
 };
 
 template <class T>
