@@ -43,6 +43,7 @@ typedef struct bench_options {
     int threads; /* libkoala's and the stream's threads */
     int steps;   /* timed steps per configuration */
     int warmup;  /* untimed steps first */
+    int rounds;  /* passes over all configurations, each with its stream measurement */
     const char *only; /* run only configurations whose name contains this */
 } bench_options;
 
@@ -70,6 +71,8 @@ typedef struct bench_result {
     double cold_ms, warm_ms; /* medians */
     double read_only_bytes;  /* of bytes, those of the read-only sums pass */
 } bench_result;
+
+enum { MAX_ROUNDS = 15 };
 
 static double now_seconds(void) {
     struct timespec ts;
@@ -287,11 +290,14 @@ static void run_config(const variant *v, koala_dtype dtype, double wd, const siz
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: koala_cpu_bench [--threads N] [--steps N] [--warmup N] [--quick] [--only S]\n"
+            "usage: koala_cpu_bench [--threads N] [--steps N] [--warmup N] [--rounds N] [--quick] [--only S]\n"
             "  --threads N  libkoala's threads (cfg.threads) and the stream's (default 2)\n"
             "  --steps N    timed steps per configuration and cache state (default 30)\n"
             "  --warmup N   untimed steps first (default 4)\n"
-            "  --quick      --steps 8 --warmup 2\n"
+            "  --rounds N   passes over all configurations (default 3): each figure is the\n"
+            "               median over the rounds, each round with its own stream measurement,\n"
+            "               so that a neighbour's load in one moment does not decide a figure\n"
+            "  --quick      --steps 8 --warmup 2 --rounds 1\n"
             "  --only S     only configurations whose name contains S (e.g. \"KOALA-V float32\")\n");
 }
 
@@ -307,19 +313,20 @@ int main(int argc, char **argv) {
         perror("koala_cpu_bench: re-executing with OMP_WAIT_POLICY=passive");
         return 1;
     }
-    bench_options o = {2, 30, 4, NULL};
+    bench_options o = {2, 30, 4, 3, NULL};
     for (int i = 1; i < argc; ++i) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) o.threads = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) o.steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--warmup") && i + 1 < argc) o.warmup = atoi(argv[++i]);
-        else if (!strcmp(argv[i], "--quick")) o.steps = 8, o.warmup = 2;
+        else if (!strcmp(argv[i], "--rounds") && i + 1 < argc) o.rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--quick")) o.steps = 8, o.warmup = 2, o.rounds = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) o.only = argv[++i];
         else {
             usage();
             return 2;
         }
     }
-    if (o.steps < 1 || o.warmup < 0 || o.threads < 1) {
+    if (o.steps < 1 || o.warmup < 0 || o.threads < 1 || o.rounds < 1 || o.rounds > MAX_ROUNDS) {
         usage();
         return 2;
     }
@@ -336,8 +343,9 @@ int main(int argc, char **argv) {
     printf("layout: CIFAR-10 ResNet-18, %d tensors, %zu parameters\n", RESNET18_TENSORS, n_total);
     printf("threads: %d (libkoala cfg.threads and the reference stream)\n", o.threads);
     printf("timing: median of %d steps after %d warm-up steps; step = predict + update;\n"
-           "        cold = caches evicted (read-only sweep, untimed) before each call, warm = not\n\n",
-           o.steps, o.warmup);
+           "        cold = caches evicted (read-only sweep, untimed) before each call, warm = not;\n"
+           "        %d round(s) over all configurations, figures = medians over the rounds\n\n",
+           o.steps, o.warmup, o.rounds);
     evict_buffer = xmalloc((size_t)EVICT_FLOATS * sizeof *evict_buffer);
     fill(evict_buffer, EVICT_FLOATS, KOALA_FLOAT32, 1.0, 5);
 
@@ -345,34 +353,51 @@ int main(int argc, char **argv) {
     const double wds[2] = {5e-4, 0.0};
     enum { MAX_RESULTS = 4 * 4 * 2 };
     bench_result results[MAX_RESULTS];
+    double cold_r[MAX_RESULTS][MAX_ROUNDS], warm_r[MAX_RESULTS][MAX_ROUNDS];
+    double bw_med_r[MAX_ROUNDS], bw_read_r[MAX_ROUNDS], bw_best = 0.0;
     int n = 0;
-    for (size_t m = 0; m < sizeof kVariants / sizeof kVariants[0]; ++m)
-        for (int d = 0; d < 4; ++d)
-            for (int w = 0; w < 2; ++w) {
-                bench_result *r = &results[n];
-                snprintf(r->name, sizeof r->name, "%s %s wd=%g", kVariants[m].name,
-                         dtype_name(dtypes[d]), wds[w]);
-                if (o.only && !strstr(r->name, o.only)) continue;
-                printf("[%2d] %-30s ... ", n + 1, r->name);
-                fflush(stdout);
-                run_config(&kVariants[m], dtypes[d], wds[w], sizes, n_total, &o, r);
-                printf("cold %.2f ms, warm %.2f ms\n", r->cold_ms, r->warm_ms);
-                fflush(stdout);
-                ++n;
-            }
-
-    /* The stream is measured after the steps (and again: best of two) so
-     * that a neighbour's load shows in both. */
     const int reps = 3 * o.steps > 30 ? 3 * o.steps : 30;
-    double bw_med, bw_best, bw_med2, bw_best2;
-    stream_gbps(n_total, reps, &bw_med, &bw_best);
-    stream_gbps(n_total, reps, &bw_med2, &bw_best2);
-    if (bw_med2 > bw_med) bw_med = bw_med2;
-    if (bw_best2 > bw_best) bw_best = bw_best2;
-    const double bw_read = read_gbps(n_total, reps);
+    for (int round = 0; round < o.rounds; ++round) {
+        if (o.rounds > 1) printf("-- round %d of %d\n", round + 1, o.rounds);
+        n = 0;
+        for (size_t m = 0; m < sizeof kVariants / sizeof kVariants[0]; ++m)
+            for (int d = 0; d < 4; ++d)
+                for (int w = 0; w < 2; ++w) {
+                    bench_result *r = &results[n];
+                    snprintf(r->name, sizeof r->name, "%s %s wd=%g", kVariants[m].name,
+                             dtype_name(dtypes[d]), wds[w]);
+                    if (o.only && !strstr(r->name, o.only)) continue;
+                    printf("[%2d] %-30s ... ", n + 1, r->name);
+                    fflush(stdout);
+                    run_config(&kVariants[m], dtypes[d], wds[w], sizes, n_total, &o, r);
+                    printf("cold %.2f ms, warm %.2f ms\n", r->cold_ms, r->warm_ms);
+                    fflush(stdout);
+                    cold_r[n][round] = r->cold_ms;
+                    warm_r[n][round] = r->warm_ms;
+                    ++n;
+                }
+        /* The stream is measured after each round's steps (twice: the better
+         * of two) so that a neighbour's load shows in both. */
+        double med, best, med2, best2;
+        stream_gbps(n_total, reps, &med, &best);
+        stream_gbps(n_total, reps, &med2, &best2);
+        bw_med_r[round] = med2 > med ? med2 : med;
+        if (best > bw_best) bw_best = best;
+        if (best2 > bw_best) bw_best = best2;
+        bw_read_r[round] = read_gbps(n_total, reps);
+        if (o.rounds > 1)
+            printf("   stream %.1f GB/s, read-only pass %.1f GB/s\n", bw_med_r[round],
+                   bw_read_r[round]);
+    }
+    for (int i = 0; i < n; ++i) {
+        results[i].cold_ms = median(cold_r[i], o.rounds);
+        results[i].warm_ms = median(warm_r[i], o.rounds);
+    }
+    const double bw_med = median(bw_med_r, o.rounds), bw_read = median(bw_read_r, o.rounds);
     printf("\nstream y += s*x over %zu floats, %d threads: %.1f GB/s median, %.1f GB/s best\n"
            "(the byte floor below uses the median); a read-only pass over two such arrays\n"
-           "(three sums of products, as the norm pass): %.1f GB/s median\n\n",
+           "(three sums of products, as the norm pass): %.1f GB/s median\n"
+           "(medians over the rounds)\n\n",
            n_total, o.threads, bw_med, bw_best, bw_read);
 
     printf("| configuration                  | B/param | floor ms | cold ms | x floor | warm ms | x floor | goal <= 1.2x | x pass floor cold / warm |\n");
