@@ -47,7 +47,11 @@
  * one optimizer must be used by one thread at a time. The error message is
  * per thread. A host optimizer runs its passes on koala_config::threads CPU
  * threads of the library's own pool; the workers sleep (they never spin)
- * between and after calls, so several processes can share the cores.
+ * between and after calls, so several processes can share the cores. Where
+ * several processes share few cores (MPI ranks or data-parallel workers on
+ * one node), one thread each (koala_config::threads = 1, or
+ * KOALA_NUM_THREADS=1) is the fastest setting: the default then
+ * oversubscribes the cores, which costs time but never stalls.
  *
  * @section memory Memory kinds
  *
